@@ -1,0 +1,29 @@
+"""Device protocol drivers: one module per protocol family, listed in ``DRIVERS`` below.
+
+A driver is three layers (see STYLE.md): a framer (``feed(bytes) -> list[Frame]``, no I/O,
+resynchronises on garbage), a pure parser (``parse(frame, ctx) -> list[Record]``) and a
+transport binding. Each module exports one ``DRIVER = Driver(...)``; this registry names
+them explicitly (no folder scanning, no import side effects).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Driver, Frame, Framer, ParseContext, Parser
+
+#: driver name -> module. A new protocol family adds one line.
+DRIVERS: dict[str, str] = {
+}
+
+
+def get(name: str) -> Driver:
+    """The driver called ``name``; KeyError names the known ones."""
+    try:
+        module = DRIVERS[name]
+    except KeyError:
+        raise KeyError(f"unknown driver {name!r}; known: {', '.join(sorted(DRIVERS)) or 'none'}") from None
+    return importlib.import_module(module).DRIVER
+
+
+__all__ = ["DRIVERS", "Driver", "Frame", "Framer", "ParseContext", "Parser", "get"]

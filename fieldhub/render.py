@@ -1,0 +1,83 @@
+"""Terminal output for operators (rich tables; local time on screen)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+
+def console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> None:
+    t = Table(title=title or None, title_justify="left")
+    for h in headers:
+        t.add_column(h)
+    for row in rows:
+        t.add_row(*[str(c) for c in row])
+    console().print(t)
+
+
+def _local(ts_ns: int | None) -> str:
+    if not ts_ns:
+        return "-"
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _bytes(n: int | None) -> str:
+    n = int(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def print_status(s: dict[str, Any]) -> None:
+    c = console()
+    state = f"[green]running[/] (pid {s.get('pid')}, up {s.get('uptime_s', 0):.0f}s)" if s.get("running") \
+        else "[yellow]not running[/] (read from data dir / 未运行，读取数据目录)"
+    c.print(f"hub [bold]{s['hub_id']}[/] — {state}")
+    c.print(f"data dir {s['data_dir']} — {_local(s.get('time_utc_ns'))} local")
+    dev = s.get("devices", {})
+    t = Table(title=f"devices 设备: {dev.get('total', 0)}", title_justify="left")
+    t.add_column("level 级别")
+    t.add_column("online 在线", justify="right")
+    t.add_column("offline 离线", justify="right")
+    for level in ("province", "city", "county", "township", "village"):
+        v = dev.get("by_level", {}).get(level)
+        if v:
+            t.add_row(level, str(v["online"]), str(v["offline"]))
+    for kind, v in sorted(dev.get("by_kind", {}).items()):
+        t.add_row(f"kind {kind}", str(v["online"]), str(v["offline"]))
+    c.print(t)
+    log = s.get("log", {})
+    cap = log.get("disk_cap")
+    c.print(f"log 日志: {log.get('records', 0)} records, {_bytes(log.get('bytes'))}"
+            f"{' of cap ' + _bytes(cap) if cap else ''}; quarantined 隔离: {log.get('quarantine_held', 0)}; "
+            f"evicted 淘汰: {log.get('counters', {}).get('evicted', 0)}")
+    if "store" in s:
+        c.print(f"local store 本地存储: {s['store']['records']} records, {_bytes(s['store']['bytes'])}")
+    t = Table(title="consumers 消费者 (backlog by class 按优先级积压)", title_justify="left")
+    t.add_column("consumer")
+    classes = ("alarm", "command", "drill", "position", "telemetry", "bulk")
+    for k in classes:
+        t.add_column(k, justify="right")
+    t.add_column("total", justify="right")
+    for name, info in sorted(log.get("consumers", {}).items()):
+        b = info["backlog"]
+        t.add_row(name, *[str(b.get(k, 0)) for k in classes], str(info.get("backlog_total", 0)))
+    c.print(t)
+    for name, comp in sorted(s.get("components", {}).items()):
+        brief = ", ".join(f"{k}={v}" for k, v in comp.items()
+                          if isinstance(v, (int, float, str)) and k != "consumer")
+        c.print(f"[bold]{name}[/]: {brief}")
+    errors = s.get("recent_errors") or []
+    if errors:
+        c.print("recent problems 最近问题:")
+        for e in errors[-10:]:
+            c.print(f"  {_local(e.get('ts'))} [{e.get('level')}] {e.get('message')}")

@@ -1,0 +1,83 @@
+"""What the hub holds and how it is doing, read from the data dir (running or not)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .log import DurableLog, backlog, connect
+from .oplog import tail
+from .registry import AdminCode, Registry
+
+#: a device with no record for this long is shown offline (presence may refine this)
+DEFAULT_OFFLINE_AFTER_S = 600
+
+
+def _file_size(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        if p.exists():
+            total += p.stat().st_size
+    return total
+
+
+def collect(config: Config, *, log: DurableLog | None = None,
+            registry: Registry | None = None) -> dict[str, Any]:
+    from .hub import LOG_FILE, OPLOG_FILE, REGISTRY_FILE, STORE_FILE
+
+    data_dir = config.data_dir
+    out: dict[str, Any] = {"hub_id": config.hub.id, "data_dir": str(data_dir), "running": False,
+                           "time_utc_ns": time.time_ns()}
+    # devices, online/offline from the local store's last record per device
+    reg = registry or (Registry(data_dir / REGISTRY_FILE) if (data_dir / REGISTRY_FILE).exists() else None)
+    last_seen: dict[str, int] = {}
+    store_path = data_dir / STORE_FILE
+    if store_path.exists():
+        db = connect(store_path)
+        try:
+            last_seen = dict(db.execute("SELECT device_id, max(ts) FROM points GROUP BY device_id"))
+            out["store"] = {"records": db.execute("SELECT count(*) FROM points").fetchone()[0],
+                            "bytes": _file_size(store_path)}
+        except sqlite3.OperationalError:
+            out["store"] = {"records": 0, "bytes": _file_size(store_path)}
+        finally:
+            db.close()
+    now = time.time_ns()
+    by_level: dict[str, dict[str, int]] = defaultdict(lambda: {"online": 0, "offline": 0})
+    by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"online": 0, "offline": 0})
+    devices = reg.all() if reg else []
+    for dev in devices:
+        seen = last_seen.get(dev.id)
+        state = "online" if seen and now - seen < DEFAULT_OFFLINE_AFTER_S * 1e9 else "offline"
+        by_level[AdminCode(dev.admin_code).level][state] += 1
+        by_kind[dev.kind][state] += 1
+    out["devices"] = {"total": len(devices), "by_level": dict(by_level), "by_kind": dict(by_kind)}
+    if reg is not None and registry is None:
+        reg.close()
+    # log: size, consumers, quarantine, counters
+    log_path = data_dir / LOG_FILE
+    info: dict[str, Any] = {"bytes": _file_size(log_path), "disk_cap": config.log.disk_cap}
+    if log_path.exists():
+        db = log._reader() if log is not None else connect(log_path)
+        try:
+            info["records"] = db.execute("SELECT count(*) FROM log").fetchone()[0]
+            consumers = [r[0] for r in db.execute("SELECT DISTINCT consumer FROM cursors ORDER BY consumer")]
+            info["consumers"] = {c: {"backlog": backlog(db, c)} for c in consumers}
+            for c in consumers:
+                info["consumers"][c]["backlog_total"] = sum(info["consumers"][c]["backlog"].values())
+            info["quarantine_held"] = db.execute(
+                "SELECT count(*) FROM quarantine WHERE state='held'").fetchone()[0]
+            info["counters"] = dict(db.execute("SELECT name, value FROM counters"))
+        except sqlite3.OperationalError as exc:
+            info["error"] = str(exc)
+        finally:
+            if log is None:
+                db.close()
+    out["log"] = info
+    out["recent_errors"] = tail(data_dir / OPLOG_FILE, 10, ("warning", "error"))
+    return out
