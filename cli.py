@@ -439,5 +439,20 @@ def demo(seconds, data_dir, as_json) -> None:
         emit_json(summary)
 
 
+# ----------------------------------------------------------------------------- feature commands
+# Each feature keeps its commands in fieldhub/cli_<feature>.py with a register(main, sim) function
+# and adds one line in its slot below.
+
+# MQTT: quarantine readmit, provision, sim village (issue 3)
+
+# serial: profiles, sim serial, bd/tiantong send (issue 4)
+
+# drones: drone, sim drone (issue 5)
+
+# InfluxDB: influx check (issue 6)
+
+# uplink: uplink status, sim link, center (issue 7)
+
+
 if __name__ == "__main__":
     main()

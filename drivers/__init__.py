@@ -14,6 +14,10 @@ from .base import Driver, Frame, Framer, ParseContext, Parser
 
 #: driver name -> module. A new protocol family adds one line.
 DRIVERS: dict[str, str] = {
+
+    # serial families (issue 4): nmea, beidou_rdss, tiantong, dmr, pelco_d
+
+    # mavlink (issue 5)
 }
 
 

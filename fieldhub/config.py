@@ -113,6 +113,14 @@ SECTIONS: dict[str, str] = {
     "log": "fieldhub.config:LogConfig",
     "store": "fieldhub.config:StoreConfig",
     "mqtt": "fieldhub.config:MqttConfig",
+
+    # serial devices (issue 4)
+
+    # drones / MAVLink (issue 5)
+
+    # InfluxDB sink (issue 6)
+
+    # uplink, links, center (issue 7)
 }
 
 

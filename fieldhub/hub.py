@@ -57,6 +57,16 @@ class HubContext:
 #: configured). Order is start order; stop runs in reverse. A new part adds one line here.
 COMPONENTS: tuple[str, ...] = (
     "fieldhub.hub:build_store",
+
+    # MQTT ingest, presence (issue 3)
+
+    # serial devices (issue 4)
+
+    # drones / MAVLink (issue 5)
+
+    # InfluxDB sink (issue 6)
+
+    # uplink (issue 7)
 )
 
 

@@ -9,4 +9,12 @@ from __future__ import annotations
 
 DEMO: tuple[str, ...] = (
     "simulators.loadgen:DemoLoad",
+
+    # village fleet over MQTT (issue 3)
+
+    # serial devices behind ptys (issue 4)
+
+    # drones (issue 5)
+
+    # links (issue 7)
 )
