@@ -31,7 +31,7 @@ from .records import PROTECTED, Priority, Record, now_ns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log(
-    seq INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: cursors stay valid after compaction
     id TEXT NOT NULL,
     prio INTEGER NOT NULL,
     body BLOB NOT NULL
@@ -143,8 +143,19 @@ class DurableLog:
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
-        self._last_seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
+        self._last_seq = self._high_water()
         self._counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def _high_water(self) -> int:
+        """The highest seq ever used; never below any cursor, so new records are never skipped."""
+        db = self._db
+        used = db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name='log'").fetchone()[0]
+        top = max(used, db.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0],
+                  db.execute("SELECT coalesce(max(seq), 0) FROM cursors").fetchone()[0])
+        if top > used:
+            db.execute("DELETE FROM sqlite_sequence WHERE name='log'")
+            db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('log', ?)", (top,))
+        return top
 
     def _recover(self, exc: BaseException) -> None:
         """A damaged file: move it aside, salvage every readable row, start a clean file."""
@@ -292,6 +303,7 @@ class DurableLog:
     def _commit_group(self, group: list[_Op]) -> None:
         db = self._db
         results: list[tuple[_Op, object]] = []
+        top = self._last_seq
         try:
             if self.disk_cap and any(op.kind == "append" for op in group):
                 self._enforce_cap(group)
@@ -312,7 +324,6 @@ class DurableLog:
                 op.finish(None, err)
             return
         self.stats["commits"] += 1
-        top = self._last_seq
         for op, result in results:
             if op.kind == "append":
                 if self._pending is not None:
@@ -361,7 +372,8 @@ class DurableLog:
                 [(r.id, int(r.priority), orjson.dumps(_body(r))) for r in records])
             added = db.total_changes - before
             if added:
-                self._last_seq = db.execute("SELECT max(seq) FROM log").fetchone()[0]
+                self._last_seq = db.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name='log'").fetchone()[0]
             return AppendResult(added, len(records) - added)
         if op.kind == "cursor":
             consumer, positions = op.payload  # type: ignore[misc]
