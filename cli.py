@@ -450,6 +450,7 @@ def demo(seconds, data_dir, as_json) -> None:
 # drones: drone, sim drone (issue 5)
 
 # InfluxDB: influx check (issue 6)
+__import__("fieldhub.cli_influx").cli_influx.register(main, sim)
 
 # uplink: uplink status, sim link, center (issue 7)
 
