@@ -137,9 +137,13 @@ def test_run_status_query_and_clean_shutdown(data_dir: Path) -> None:
     finally:
         hub.send_signal(signal.SIGINT)
         assert hub.wait(30) == 0
-    lines = run_cli("query", "position", "--device", "gn-1", "--since", "10s", "--json", *dd, check=True).stdout.splitlines()
+    since, until = f"{(now - 9.5e9) / 1e9:.3f}", f"{(now - 1.5e9) / 1e9:.3f}"  # epoch seconds
+    lines = run_cli("query", "position", "--device", "gn-1", "--since", since, "--until", until, "--json",
+                    *dd, check=True).stdout.splitlines()
     got = [orjson.loads(line) for line in lines]
-    assert len(got) == 10 and all(r["device_id"] == "gn-1" for r in got)  # i = 0..9 are within 10 s
+    assert len(got) == 8 and all(r["device_id"] == "gn-1" for r in got)  # i = 2..9
+    recent = run_cli("query", "position", "--since", "1h", "--json", *dd, check=True).stdout.splitlines()
+    assert len(recent) == 31
     assert got[0]["ts"] <= got[-1]["ts"] and got[0]["fields"]["lon"] == 114.3
     csv_out = run_cli("query", "position", "--csv", *dd, check=True).stdout.splitlines()
     assert csv_out[0].startswith("id,kind,device_id,ts,time_utc") and len(csv_out) == 32
