@@ -451,6 +451,7 @@ __import__("fieldhub.cli_mqtt").cli_mqtt.register(main, sim)
 # drones: drone, sim drone (issue 5)
 
 # InfluxDB: influx check (issue 6)
+__import__("fieldhub.cli_influx").cli_influx.register(main, sim)
 
 # uplink: uplink status, sim link, center (issue 7)
 
