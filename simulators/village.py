@@ -325,6 +325,7 @@ class Fleet:
                 "duplicates": c["duplicates"], "unacked": unacked, "dropped": c["dropped"],
                 "disconnects": c["disconnects"], "reconnects": c["reconnects"], "refused": c["refused"],
                 "by_channel": dict(sorted(self.by_channel.items())),
+                "last_seq": {d.id: d.seq for d in self.devices},
                 "rate_msg_s": round((c["valid"] + c["malformed"] + c["duplicates"]) / self.elapsed, 1)
                 if self.elapsed else 0.0}
 

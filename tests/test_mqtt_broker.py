@@ -88,9 +88,6 @@ def _hub(broker: ProvisionedBroker, **extra: str) -> Hub:
 def test_ingest_quarantine_readmit_clock_and_presence(broker: ProvisionedBroker) -> None:
     pw = broker.provision("rg-1")
     broker.provision("wl-1", "water_level")
-    broker.provision("ghost")  # has a broker account, but we remove it from the registry below
-    assert run_cli("devices", "remove", "ghost", "--config", str(broker.config)).returncode == 0
-    ghost_pw = broker.provision  # noqa: F841 - the account keeps working at the broker
     broker.start()
     hub = _hub(broker)
     mq = hub.components[-1]
@@ -123,10 +120,7 @@ def test_ingest_quarantine_readmit_clock_and_presence(broker: ProvisionedBroker)
         assert alarm.priority == Priority.ALARM and alarm.fields["alarm"] == "gauge blocked"
 
         # unknown device: quarantined as such, re-admitted once registered (hub running)
-        run_cli("devices", "add", "rg-9", "--kind", "rain_gauge", "--admin-code", "420102001001",
-                "--config", str(broker.config), check=True)
-        run_cli("devices", "remove", "rg-9", "--config", str(broker.config), check=True)
-        pw9 = broker.provision("rg-9x")
+        pw9 = broker.provision("rg-9x")  # a broker account, but not (any more) in the registry
         run_cli("devices", "remove", "rg-9x", "--config", str(broker.config), check=True)
         broker.reload()
         unknown = client(broker, "rg-9x", pw9, cid="rg-9x")
@@ -150,40 +144,12 @@ def test_ingest_quarantine_readmit_clock_and_presence(broker: ProvisionedBroker)
                                     check=True).stdout)
         assert "rg-9x" not in {i["device_id"] for i in held}
 
-        # presence: an abrupt drop fires rg-1's will -> offline alarm; wl-1 never came online
-        pres = orjson.loads(run_cli("presence", "--json", "--config", str(broker.config), check=True).stdout)
-        state = {d["device_id"]: d["online"] for d in pres["devices"]}
-        assert state["rg-1"] is True and state["wl-1"] is None
-        will_dev = client(broker, "rg-1", pw, cid="rg-1b", v5=False)
-        will_dev.loop_stop()
-        dev.disconnect()
-        dev.loop_stop()
-        w = __import__("paho.mqtt.client", fromlist=["Client"])
-        c2 = w.Client(w.CallbackAPIVersion.VERSION2, client_id="rg-1-will")
-        c2.username_pw_set("rg-1", pw)
-        c2.will_set("fh/rg-1/up/status", b'{"online": false}', qos=1)
-        c2.connect("127.0.0.1", broker.port)
-        c2.loop_start()
-        time.sleep(0.5)
-        c2.loop_stop()
-        c2.socket().close()  # no DISCONNECT: the broker publishes the will
-        wait_for(lambda: mq.stats["wills"] >= 1, 10, "last will at the hub")
-        pres = orjson.loads(run_cli("presence", "--json", "--offline", "--config", str(broker.config),
-                                    check=True).stdout)
-        off = {d["device_id"]: d["reason"] for d in pres["devices"]}
-        assert off.get("rg-1") == "last_will"
-        # rg-9x (readmitted, never online via a live message) and timeouts: offline_after is 3 s
-        wait_for(lambda: mq.presence.devices.get("rg-9x") is None or True, 1, "-")
-        wait_for(lambda: any(r.fields.get("reason") == "last_will"
-                             for r in LocalStore(broker.data / "store.db", readonly=True).query("presence")),
-                 10, "offline alarm record")
-        offline = [r for r in LocalStore(broker.data / "store.db", readonly=True).query("presence")
-                   if r.fields["online"] is False]
-        assert offline and all(r.priority == Priority.ALARM for r in offline)
         status = hub.live_status()["components"]["mqtt"]
-        assert status["presence"]["offline"] >= 1 and status["quarantined"] >= 2
+        assert status["quarantined"] == 2 and status["unknown_device"] == 1
         unknown.disconnect()
         unknown.loop_stop()
+        dev.disconnect()
+        dev.loop_stop()
     finally:
         hub.stop()
 
@@ -235,3 +201,37 @@ def test_hub_queue_survives_hub_absence(broker: ProvisionedBroker) -> None:
     finally:
         hub.stop()
     assert sorted(s for _, s, _ in mqtt_records(broker.data)) == list(range(1, 1501))
+
+
+def test_last_will_marks_offline_with_alarm(broker: ProvisionedBroker) -> None:
+    pw = broker.provision("wl-7", "water_level")
+    broker.start()
+    hub = _hub(broker, **{"mqtt.offline_after": {"default": "1h"}})
+    mq = hub.components[-1]
+    try:
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="wl-7")
+        c.username_pw_set("wl-7", pw)
+        c.will_set("fh/wl-7/up/status", b'{"online": false}', qos=1)
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        c.publish("fh/wl-7/up/telemetry", orjson.dumps({"seq": 1, "fields": {"level_m": 3.2}}),
+                  qos=1).wait_for_publish(5)
+        wait_for(lambda: mq.presence.summary()["online"] == 1, 10, "online")
+        pres = orjson.loads(run_cli("presence", "--json", "--config", str(broker.config), check=True).stdout)
+        assert [(d["device_id"], d["online"]) for d in pres["devices"]] == [("wl-7", True)]
+        c.loop_stop()
+        c.socket().close()  # no DISCONNECT packet: the broker publishes the will
+        wait_for(lambda: mq.stats["wills"] == 1, 15, "the last will at the hub")
+        pres = orjson.loads(run_cli("presence", "--json", "--offline", "--config", str(broker.config),
+                                    check=True).stdout)
+        assert [(d["device_id"], d["reason"]) for d in pres["devices"]] == [("wl-7", "last_will")]
+        assert hub.live_status()["components"]["mqtt"]["presence"] == {"online": 0, "offline": 1}
+    finally:
+        hub.stop()
+    from fieldhub.store import LocalStore
+
+    recs = list(LocalStore(broker.data / "store.db", readonly=True).query("presence", device="wl-7"))
+    assert [(r.fields["online"], r.fields["reason"], r.priority) for r in recs] == [
+        (True, "message", Priority.TELEMETRY), (False, "last_will", Priority.ALARM)]
