@@ -506,4 +506,5 @@ class MqttIngest:
     def status(self) -> dict[str, Any]:
         return {"broker": self.cfg.broker, "connected": self.connected, **self.stats,
                 "awaiting_durable": self.acks.pending(), "inbox": len(self._inbox),
+                "online": self.presence.summary()["online"], "offline": self.presence.summary()["offline"],
                 "presence": self.presence.summary(), "last_error": self.last_error}
