@@ -71,6 +71,7 @@ class Message:
     clock_suspect: bool
 
 
+@lru_cache(maxsize=65536)  # a fleet uses few topics; bad ones raise and are not cached
 def parse_topic(topic: str) -> tuple[str, str]:
     """``fh/{device_id}/up/{channel}`` -> (device_id, channel), or Rejected."""
     m = _TOPIC_RE.match(topic)
