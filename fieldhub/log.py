@@ -372,7 +372,8 @@ class DurableLog:
             self.stats["disk_full"] += 1
             self.oplog.write("error", "disk_full", f"log write failed: {text}",
                              f"日志写入失败（磁盘已满）：{text}")
-            return DiskFullError(f"log {self.path}: {text}")
+            return DiskFullError(f"log {self.path}: cannot write, disk full or failing ({text}) "
+                                 f"/ 磁盘已满或故障，无法写入")
         if isinstance(exc, (sqlite3.Error, OSError)):
             self.oplog.write("error", "log_write_failed", f"log write failed: {text}",
                              f"日志写入失败：{text}")

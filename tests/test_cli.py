@@ -115,6 +115,9 @@ def test_run_status_query_and_clean_shutdown(data_dir: Path) -> None:
         assert hub.wait(30) == 0
     assert "stopped cleanly" in hub.stderr.read()  # type: ignore[union-attr]
     assert not (data_dir / "hub.sock").exists()
+    evs = [json.loads(x) for x in run_cli("events", "--json", *dd, check=True).stdout.splitlines()]
+    assert [e["event"] for e in evs][-2:] == ["hub_started", "hub_stopped"]
+    assert "已正常停止" in run_cli("events", *dd, check=True).stdout
     # records appended to the log reach the store when the hub runs again
     now = time.time_ns()
     log = DurableLog(data_dir / "log.db")
