@@ -511,7 +511,7 @@ class DurableLog:
             self.oplog.write("error", "disk_cap_full",
                              f"disk cap {self.disk_cap} bytes reached and only alarm/command "
                              "records remain: refusing new records",
-                             f"达到磁盘上限且只剩告警/指令记录：拒绝写入新记录")
+                             "达到磁盘上限且只剩告警/指令记录：拒绝写入新记录")
             raise DiskFullError(
                 f"log {self.path}: disk cap of {self.disk_cap} bytes reached; only alarm and "
                 "command records remain, which are never evicted")
