@@ -18,6 +18,7 @@ DRIVERS: dict[str, str] = {
     # serial families (issue 4): nmea, beidou_rdss, tiantong, dmr, pelco_d
 
     # mavlink (issue 5)
+    "mavlink": "drivers.mavlink",
 }
 
 
