@@ -1,6 +1,6 @@
 """InfluxDB sink throughput beside raw line-protocol HTTP posts of the same points, same server, same run.
 
-Run: .venv/bin/python bench/bench_influx.py [--records 200000] [--runs 3] [--server influxdb1|victoria]
+Run: .venv/bin/python bench/bench_influx.py [--records 100000] [--runs 5] [--server influxdb1|victoria]
 
 The raw baseline posts the already-encoded line protocol of the same points to ``/write`` (v1,
 InfluxDB 1.6) or ``/api/v2/write`` (VictoriaMetrics) in batches of 5,000 from one thread with
@@ -8,12 +8,15 @@ no log, no cursor and no retries. The sink reads the same records from the durab
 its cursor, encodes them, posts batches of 5,000 (v1 mode for InfluxDB 1.6, influxdb-client v2
 for VictoriaMetrics) and commits the cursor after each accepted batch; the clock stops when its
 backlog is zero. Both sides write into fresh databases (or fresh measurements), without gzip
-(loopback). The medians of ``--runs`` alternating rounds are reported.
+(loopback). Raw and sink alternate within each round; the medians over ``--runs`` rounds
+and the median of the per-round ratios are reported, with the CPU each side cost per point.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -64,7 +67,8 @@ def raw_posts(server, lines: list[bytes], mode: str, db: str) -> float:
 
 
 def sink_run(server, records: list[Record], mode: str, db: str, workdir: Path, *, gzip: bool = False,
-             concurrency: int = 2) -> float:
+             concurrency: int = 2) -> tuple[float, float]:
+    """Points/s through the sink, and the sink's own CPU seconds while the clock ran."""
     log = DurableLog(workdir / f"log-{db}.db")
     log.append(records)
     if mode == "v1":
@@ -75,6 +79,7 @@ def sink_run(server, records: list[Record], mode: str, db: str, workdir: Path, *
         cfg = InfluxConfig(url=server.url, mode="v2", token="t", org="o", bucket=db, batch_size=BATCH,
                            gzip=gzip, concurrency=concurrency, timeout=60)
     writer = InfluxWriter(log, InfluxSink(make_transport(cfg), log, hub_id="bench"), cfg)
+    c = own_cpu()
     t = time.perf_counter()
     writer.start()
     while writer.written < len(records):
@@ -82,49 +87,72 @@ def sink_run(server, records: list[Record], mode: str, db: str, workdir: Path, *
         if writer.errors:
             raise RuntimeError(f"sink errors: {writer.status()}")
     elapsed = time.perf_counter() - t
+    c = own_cpu() - c
     writer.stop()
     log.close()
-    return len(records) / elapsed
+    return len(records) / elapsed, c
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (the server), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--records", type=int, default=200_000)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--records", type=int, default=100_000, help="Points per round and side.")
+    ap.add_argument("--runs", type=int, default=5, help="Rounds; raw and sink alternate within each.")
     ap.add_argument("--server", choices=["influxdb1", "victoria"], default="influxdb1")
     ap.add_argument("--gzip", action="store_true", help="Also measure the sink with gzip on.")
     args = ap.parse_args()
     mode = "v1" if args.server == "influxdb1" else "v2"
+    results: dict[str, list[float]] = {"raw": [], "sink": [], "sink_gzip": [], "ratio": []}
+    cpu: dict[str, list[float]] = {"raw_server": [], "sink_server": [], "sink_client": []}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         server = (InfluxDB1 if mode == "v1" else VictoriaMetrics)(work / "server").start()
         try:
-            results: dict[str, list[float]] = {"raw": [], "sink": [], "sink_gzip": []}
             for run in range(args.runs):
-                # each side gets its own measurement name, so neither overwrites the other's points
-                raw_records = make_records(args.records, f"bench_raw_{run}")
+                # each side gets its own database and measurement: neither overwrites the other
                 enc = Encoder("bench")
-                lines = [enc.encode(r) for r in raw_records]
-                results["raw"].append(raw_posts(server, lines, mode, f"raw{run}"))
-                results["sink"].append(sink_run(server, make_records(args.records, f"bench_sink_{run}"),
-                                                mode, f"sink{run}", work))
+                lines = [enc.encode(r) for r in make_records(args.records, f"bench_raw_{run}")]
+                c0 = cpu_seconds(server.proc.pid)
+                raw = raw_posts(server, lines, mode, f"raw{run}")
+                cpu["raw_server"].append((cpu_seconds(server.proc.pid) - c0) / args.records * 1e6)
+                records = make_records(args.records, f"bench_sink_{run}")
+                c0 = cpu_seconds(server.proc.pid)
+                sink, client_cpu = sink_run(server, records, mode, f"sink{run}", work)
+                cpu["sink_server"].append((cpu_seconds(server.proc.pid) - c0) / args.records * 1e6)
+                cpu["sink_client"].append(client_cpu / args.records * 1e6)
+                results["raw"].append(raw)
+                results["sink"].append(sink)
+                results["ratio"].append(sink / raw)
                 if args.gzip:
                     results["sink_gzip"].append(sink_run(server, make_records(args.records, f"bench_gz_{run}"),
-                                                         mode, f"gz{run}", work, gzip=True))
-                print(f"run {run + 1}: raw {results['raw'][-1]:,.0f} points/s, "
-                      f"sink {results['sink'][-1]:,.0f} points/s", flush=True)
+                                                         mode, f"gz{run}", work, gzip=True)[0])
+                print(f"round {run + 1}: raw {raw:,.0f} points/s, sink {sink:,.0f} points/s "
+                      f"({sink / raw:.0%})", flush=True)
         finally:
             server.stop()
-    raw = statistics.median(results["raw"])
-    sink = statistics.median(results["sink"])
+    med = {k: statistics.median(v) for k, v in results.items() if v}
     name = "InfluxDB 1.6 /write (v1 mode)" if mode == "v1" else "VictoriaMetrics /api/v2/write (influxdb-client)"
-    print(f"server: {name}; {args.records:,} points per run, batches of {BATCH:,}, {args.runs} runs (medians)")
-    print(f"raw line-protocol posts, one thread: {raw:,.0f} points/s")
-    print(f"fieldhub influx sink (log -> cursor -> encode -> post -> commit): {sink:,.0f} points/s "
-          f"= {sink / raw:.0%} of raw")
+    print(f"server: {name}; {args.records:,} points per side per round, batches of {BATCH:,}, "
+          f"{args.runs} rounds (medians); load average at the end: {os.getloadavg()[0]:.2f}")
+    print(f"raw line-protocol posts, one thread: {med['raw']:,.0f} points/s")
+    print(f"fieldhub influx sink (log -> cursor -> encode -> post -> commit): {med['sink']:,.0f} points/s")
+    print(f"sink / raw, median of per-round ratios: {med['ratio']:.0%}")
+    print(f"CPU per point: server {statistics.median(cpu['raw_server']):.1f} us (raw), "
+          f"{statistics.median(cpu['sink_server']):.1f} us (sink); sink process "
+          f"{statistics.median(cpu['sink_client']):.1f} us (raw client: lines ready-made)")
     if args.gzip:
-        gz = statistics.median(results["sink_gzip"])
-        print(f"fieldhub influx sink with gzip level 6: {gz:,.0f} points/s = {gz / raw:.0%} of raw")
+        print(f"fieldhub influx sink with gzip level 6: {med['sink_gzip']:,.0f} points/s "
+              f"= {med['sink_gzip'] / med['raw']:.0%} of raw")
 
 
 if __name__ == "__main__":
