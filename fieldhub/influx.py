@@ -342,7 +342,7 @@ class InfluxWriter:
                     pending_since = now
                 if now - pending_since < self.cfg.batch_time:
                     # let a partial batch fill for up to batch_time (alarms and commands go at once)
-                    self._stop.wait(min(self.cfg.batch_time - (now - pending_since), 0.25))
+                    self._stop.wait(self.cfg.batch_time - (now - pending_since))
                     continue
             pending_since = None
             try:

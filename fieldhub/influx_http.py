@@ -18,6 +18,8 @@ class InfluxWriteError(TransportError):
 
     def __init__(self, message: str, *, status: int = 0, retry_after: float | None = None) -> None:
         self.status, self.retry_after = status, retry_after
+        if len(message) > 1000:  # InfluxDB quotes the whole offending line
+            message = message[:1000] + "…"
         self.server_message = message
         super().__init__(f"HTTP {status}: {message}" if status else message)
 
