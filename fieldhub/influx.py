@@ -31,6 +31,8 @@ from .records import Priority, Record
 
 NAME = "influx"
 QUARANTINE_COUNTER = "influx_quarantined"
+#: seconds between idle health probes (GET /ping) when there is nothing to write
+PROBE_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,9 @@ class InfluxWriter:
         self.failing_since: float | None = None
         self._failures = 0
         self._last_warned = 0.0
+        self._probed = self._last_activity = time.monotonic() - PROBE_INTERVAL  # probe at start
+        #: what the last idle probe (GET /ping) found; writes update it too
+        self.server = "not yet contacted"
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -334,6 +339,7 @@ class InfluxWriter:
                 if inflight:
                     self._wait_first(inflight)
                 else:
+                    self._probe_if_idle()
                     self.log.wait_for_data(seen, 0.5)
                 continue
             if len(rows) < self.cfg.batch_size and rows[0][0] > int(Priority.COMMAND):
@@ -354,6 +360,18 @@ class InfluxWriter:
             after.update(top)
             inflight.append(_Batch(top, len(rows), self._pool.submit(self.sink.send, items)))
 
+    def _probe_if_idle(self) -> None:
+        """With nothing to write, ping the server now and then so status shows an outage early."""
+        now = time.monotonic()
+        if now - self._probed < PROBE_INTERVAL or now - self._last_activity < PROBE_INTERVAL:
+            return
+        self._probed = now
+        try:
+            self.sink.transport.ping()  # type: ignore[attr-defined]
+            self.server = "reachable"
+        except InfluxWriteError as exc:
+            self.server = f"unreachable: {exc}"
+
     def _wait_first(self, inflight: collections.deque[_Batch]) -> None:
         try:
             inflight[0].future.exception(timeout=0.5)
@@ -362,6 +380,8 @@ class InfluxWriter:
 
     def _accepted(self, batch: _Batch) -> None:
         self._committer.submit(self.log.commit_cursor, NAME, batch.top)
+        self._last_activity = time.monotonic()
+        self.server = "reachable"
         self.written += batch.count
         self.batches += 1
         self.last_success = time.time_ns()
@@ -380,6 +400,8 @@ class InfluxWriter:
         self._failures += 1
         self.last_error = str(exc)
         self.last_error_at = time.time_ns()
+        self._last_activity = time.monotonic()
+        self.server = f"write failing: {exc}"
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
@@ -402,6 +424,7 @@ class InfluxWriter:
             "mode": self.sink.transport.mode,
             "target": self.sink.transport.target,
             "state": state,
+            "server": self.server,
             "backlog": sum(by_class.values()),
             "written": self.written,
             "batches": self.batches,

@@ -276,3 +276,22 @@ def test_retries_through_5xx_and_a_hung_server(influxdb1: InfluxDB1, tmp_path: P
     got = influxdb1.rows('SELECT count(seq) FROM "fieldhub"."later"."water_level"', "fieldhub")
     assert got[0]["count"] == 1200
     log.close()
+
+
+def test_idle_sink_shows_whether_the_server_is_reachable(influxdb1: InfluxDB1, tmp_path: Path) -> None:
+    from fieldhub.mosquitto import free_port
+
+    log = DurableLog(tmp_path / "log.db")
+    for url, expect in ((f"http://127.0.0.1:{free_port()}", "unreachable: connection refused"),
+                        (influxdb1.url, "reachable")):
+        cfg = InfluxConfig(url=url, mode="v1")
+        writer = InfluxWriter(log, InfluxSink(make_transport(cfg), log), cfg)
+        writer.start()
+        try:
+            deadline = time.monotonic() + 10
+            while writer.status()["server"] == "not yet contacted" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert writer.status()["server"].startswith(expect)
+        finally:
+            writer.stop()
+    log.close()
