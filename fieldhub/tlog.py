@@ -43,6 +43,22 @@ class TlogStore:
         self.stats["packets"] += 1
         self.stats["bytes"] += n
 
+    def write_raw(self, device: str, data: bytes, packets: int) -> None:
+        """Append ready-made tlog bytes (timestamp + packet, repeated) for ``packets`` packets."""
+        entry = self._files.get(device)
+        if entry is None or self._sizes[device] >= self.max_file:
+            entry = self._rotate(device)
+            if entry is None:
+                return
+        try:
+            entry[0].write(data)
+        except OSError:
+            self.stats["write_errors"] += 1
+            return
+        self._sizes[device] += len(data)
+        self.stats["packets"] += packets
+        self.stats["bytes"] += len(data)
+
     def _rotate(self, device: str) -> tuple[BinaryIO, Path] | None:
         with self._lock:
             old = self._files.pop(device, None)

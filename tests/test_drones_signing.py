@@ -16,6 +16,7 @@ from fieldhub import config as configmod
 from fieldhub.drone_config import key_bytes
 from fieldhub.drones import DroneHub, signer
 from fieldhub.hub import Hub
+from fieldhub.mosquitto import free_port
 from fieldhub.records import Record
 from fieldhub.replay import replay_file
 from fieldhub.tlog import TlogStore
@@ -68,7 +69,7 @@ def test_signed_drone_works_and_forged_packets_are_rejected(make_hub) -> None:
     swarm.start()
     try:
         wait_for(lambda: len(drones.list()) == 2 and all(d["online"] for d in drones.list()), what="online")
-        wait_for(lambda: drones.drones[1].counts["rx"] > 20, what="signed traffic")
+        wait_for(lambda: drones.drones[1].rx > 20, what="signed traffic")
         assert drones.drones[1].counts["unsigned"] == drones.drones[1].counts["bad_signature"] == 0
         # commands to the signing drone are signed by the hub (the simulator ignores unsigned ones)
         result = drones.command("drone-1", "mode", ["LOITER"])
@@ -125,15 +126,15 @@ def test_wrong_key_on_hub_side_means_no_ack(make_hub) -> None:
     try:
         wait_for(lambda: drones.drones.get(1) and drones.drones[1].counts["bad_signature"] > 5, what="drops")
         assert not drones.drones[1].online
-        assert drones.drones[1].counts["rx"] == 0
+        assert drones.drones[1].rx == 0
     finally:
         swarm.stop()
 
 
 def test_several_endpoints_tcp_both_ways_and_rate_limits(make_hub) -> None:
     """tcpin and tcp endpoints at once, several drones per endpoint, positions limited to 2 Hz."""
-    tcpin_port = free_udp_port()
-    sim_listen = free_udp_port()
+    tcpin_port = free_port()
+    sim_listen = free_port()
     sim_b = DroneSwarm(1, f"tcpin:127.0.0.1:{sim_listen}", sysid_base=7, gps_loss=False, rate_hz=10)
     sim_b.start()
     hub, drones = make_hub(endpoints=[f"tcpin:127.0.0.1:{tcpin_port}", f"tcp:127.0.0.1:{sim_listen}"])
@@ -156,7 +157,7 @@ def test_several_endpoints_tcp_both_ways_and_rate_limits(make_hub) -> None:
         sim_b.stop()
     recs = records(hub)
     pos = [r for r in recs if r.kind == "position" and r.device_id == "drone-3"]
-    raw = drones.drones[3].counts["rx"]
+    raw = drones.drones[3].rx
     # 10 Hz positions came in; at most ~2 Hz went into the log
     assert raw > 10 * len(pos) / 2
     assert 2 <= len(pos) <= 2 * (elapsed + 5)
