@@ -6,7 +6,8 @@ The recorded stream is a real flight log with its tlog timestamps stripped (the 
 radio would deliver). "bare" is ``MAVLink.parse_buffer`` in 4 KiB pieces; "hub" is
 ``DroneHub.on_data`` on the same pieces: parsing, per-drone state and signing checks,
 telemetry records (rate-limited as configured) appended to a real durable log, and the
-raw stream written to a rotating tlog. Medians of ``--runs`` alternating runs.
+raw stream written to a rotating tlog. Each run times bare and hub back to back; the
+ratio reported is the median of the per-run ratios (the machine is shared), rates are medians.
 """
 
 from __future__ import annotations
@@ -96,18 +97,21 @@ def main() -> None:
             results[name].append(n / t)
             records[name] = recs
     med = {k: statistics.median(v) for k, v in results.items()}
+    # each run measures bare and hub back to back, so its ratio is the least disturbed figure
+    ratio = {k: statistics.median(h / b for h, b in zip(results[k], results["bare"]))
+             for k in ("hub", "hub_all_records")}
     out = {"file": args.file.name, "messages": n_good, "bytes": len(data), "runs": args.runs,
            "bare_msgs_per_s": round(med["bare"]), "hub_msgs_per_s": round(med["hub"]),
-           "hub_ratio": round(med["hub"] / med["bare"], 3), "hub_records": records["hub"],
+           "hub_ratio": round(ratio["hub"], 3), "hub_records": records["hub"],
            "hub_all_records_msgs_per_s": round(med["hub_all_records"]),
-           "hub_all_records_ratio": round(med["hub_all_records"] / med["bare"], 3),
+           "hub_all_records_ratio": round(ratio["hub_all_records"], 3),
            "hub_all_records_records": records["hub_all_records"]}
     if args.json:
         import json
 
         print(json.dumps(out, indent=2))
         return
-    print(f"{out['file']}: {n_good} messages, {len(data)} bytes, median of {args.runs} runs")
+    print(f"{out['file']}: {n_good} messages, {len(data)} bytes, median of {args.runs} paired runs")
     print(f"  bare pymavlink parse_buffer (4 KiB): {out['bare_msgs_per_s']:>9,} msg/s")
     print(f"  hub ingest, default rate limits    : {out['hub_msgs_per_s']:>9,} msg/s  "
           f"ratio {out['hub_ratio']:.2f}  ({out['hub_records']} records)")

@@ -23,12 +23,18 @@ QUARANTINE_PER_MIN = 30
 HUB_COMPONENT = mav.MAV_COMP_ID_MISSIONPLANNER
 _ID_HEARTBEAT = mav.MAVLINK_MSG_ID_HEARTBEAT
 _ID_COMMAND_ACK = mav.MAVLINK_MSG_ID_COMMAND_ACK
-_ID_RADIO_STATUS = mav.MAVLINK_MSG_ID_RADIO_STATUS
 _TS = struct.Struct(">Q")
+_LINK_MSGS = frozenset({mav.MAVLINK_MSG_ID_RADIO_STATUS, mav.MAVLINK_MSG_ID_RADIO})
 
 
 def signing_now() -> int:
     return int((time.time() - SIGNING_EPOCH) * 100_000)
+
+
+def sync_signing_clock(m: Any) -> None:
+    """Signing timestamps must follow real time: receivers reject a new stream over a minute old."""
+    if m.signing.sign_outgoing:
+        m.signing.timestamp = max(m.signing.timestamp, signing_now())
 
 
 def signer(key: bytes | None, src_system: int, src_component: int, link_id: int = 0) -> Any:
@@ -95,6 +101,7 @@ class DroneHub:
         self.drones: dict[int, Drone] = {}
         self._lock = threading.RLock()
         self._parsers: dict[tuple[int, Any], Any] = {}
+        self._others: set[int] = set()  # system ids that are not drones (ground stations)
         self.telemetry = Telemetry(self._device_id, rates=cfg.rates, tags_for=self._tags)
         self.tlogs = TlogStore(tlog_dir or Path("tlog"), max_file=cfg.tlog_max_file,
                                max_total=cfg.tlog_max_total)
@@ -108,7 +115,7 @@ class DroneHub:
                     for i, e in enumerate(cfg.forward)]
         self.stats = {"messages": 0, "bad_frames": 0, "records": 0, "dropped_unsigned": 0,
                       "dropped_bad_signature": 0, "forwarded_to_gcs": 0, "from_gcs": 0,
-                      "append_errors": 0, "quarantined": 0, "unknown_messages": 0}
+                      "append_errors": 0, "quarantined": 0, "unknown_messages": 0, "other_messages": 0}
         self._hb = new_parser(cfg.system_id, HUB_COMPONENT)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -199,6 +206,7 @@ class DroneHub:
             drones = self.drones
             hdr = _TS.pack(now // 1000)
             raw: dict[int, list[Any]] = {}
+            other: list[Any] = []
             last_sysid, parts = -1, None
             n = 0
             for m in msgs:
@@ -210,8 +218,10 @@ class DroneHub:
                 sysid = h.srcSystem
                 d = drones.get(sysid)
                 if d is None:
-                    if msgid == _ID_HEARTBEAT and m.type == mav.MAV_TYPE_GCS:
-                        continue  # another ground station on the drone link: not a drone
+                    if self._not_a_drone(sysid, msgid, m):
+                        n += 1
+                        other.append(m._msgbuf)
+                        continue
                     d = self._drone(sysid)
                 if d.key is not None and not self._signed_ok(d, m, h, now, records):
                     continue
@@ -235,6 +245,10 @@ class DroneHub:
                         self._remember(d, out)
             self.stats["messages"] += n
             forward = []
+            if other:
+                self.stats["other_messages"] += len(other)
+                if self.gcs:
+                    forward.append(b"".join(other))
             for sysid, parts in raw.items():
                 d = drones[sysid]
                 d.link = (ep, peer)
@@ -247,6 +261,18 @@ class DroneHub:
         if records:
             self._append(records)
 
+    def _not_a_drone(self, sysid: int, msgid: int, m: Any) -> bool:
+        """Ground stations (a GCS HEARTBEAT, or sysid 255 unless configured) and radios (RADIO_STATUS)
+        share drone links; their traffic is forwarded but makes no drone."""
+        if sysid in self._others or msgid in _LINK_MSGS:
+            return True
+        if sysid in self.ids:
+            return False
+        if sysid == 255 or (msgid == _ID_HEARTBEAT and m.type == mav.MAV_TYPE_GCS):
+            self._others.add(sysid)
+            return True
+        return False
+
     def _unknown(self, m: Any) -> None:
         """A message id our dialect lacks: pymavlink can't say whose it is, so it is counted only."""
         self.stats["unknown_messages"] += 1
@@ -254,8 +280,6 @@ class DroneHub:
     def _signed_ok(self, d: Drone, m: Any, h: Any, now: int, records: list[Record]) -> bool:
         """Signature check with the drone's own key; unsigned or forged messages are dropped."""
         if not h.incompat_flags & mav.MAVLINK_IFLAG_SIGNED:
-            if h.msgId == _ID_RADIO_STATUS and h.srcSystem == ord("3"):
-                return True  # SiK radios inject unsigned RADIO_STATUS; ArduPilot accepts it too
             reason = "unsigned"
         elif d.verifier.check_signature(m._msgbuf, h.srcSystem, h.srcComponent):
             return True
@@ -423,6 +447,7 @@ class DroneHub:
             if d.link is None:
                 raise TransportError(f"{d.device_id} has no link yet / 无人机尚无链路")
             msg = spec.encode(d.encoder, d.sysid, 1, confirmation)
+            sync_signing_clock(d.encoder)
             buf = bytes(msg.pack(d.encoder))
             d.encoder.seq = (d.encoder.seq + 1) % 256
             ep, peer = d.link

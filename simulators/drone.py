@@ -12,7 +12,7 @@ from typing import Any
 from pymavlink import mavutil
 
 from drivers.mavlink import mav, new_parser
-from fieldhub.drones import signer
+from fieldhub.drones import signer, sync_signing_clock
 from fieldhub.mavlink_endpoints import Endpoint, make_endpoint
 
 EARTH_R = 6378137.0
@@ -321,6 +321,7 @@ class DroneSwarm:
 
     @staticmethod
     def _pack(d: SimDrone, m: Any) -> bytes:
+        sync_signing_clock(d.enc)
         buf = bytes(m.pack(d.enc))
         d.enc.seq = (d.enc.seq + 1) % 256
         return buf

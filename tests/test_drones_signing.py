@@ -75,6 +75,11 @@ def test_signed_drone_works_and_forged_packets_are_rejected(make_hub) -> None:
         result = drones.command("drone-1", "mode", ["LOITER"])
         assert result["accepted"] and swarm.drones[1].mode_name == "LOITER"
         assert swarm.drones[1].stats["rejected_unsigned"] == 0
+        # the hub's signing clock follows real time even if its encoder is old (else: "old timestamp")
+        drones.drones[1].encoder.signing.timestamp -= 120 * 100_000
+        assert drones.command("drone-1", "mode", ["AUTO"])["accepted"]
+        assert swarm.drones[1].stats["rejected_unsigned"] == 0
+        assert drones.command("drone-1", "mode", ["LOITER"])["accepted"]
 
         # forged: unsigned, signed with the wrong key, and a genuine packet replayed
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -86,6 +91,14 @@ def test_signed_drone_works_and_forged_packets_are_rejected(make_hub) -> None:
         sock.sendto(badsig, ("127.0.0.1", port))
         d1 = drones.drones[1]
         wait_for(lambda: d1.counts["unsigned"] >= 1 and d1.counts["bad_signature"] >= 1, what="drops counted")
+        # a genuinely signed packet is accepted once; the same bytes replayed are not
+        genuine = signer(key_bytes("field key one"), 1, 1, link_id=7)
+        once = bytes(genuine.statustext_encode(6, b"GENUINE once").pack(genuine))
+        before = d1.counts["bad_signature"]
+        sock.sendto(once, ("127.0.0.1", port))
+        time.sleep(0.3)
+        sock.sendto(once, ("127.0.0.1", port))
+        wait_for(lambda: d1.counts["bad_signature"] == before + 1, what="replay rejected")
         # an unsigned drone next to it is unaffected
         assert drones.drones[2].counts["unsigned"] == 0 and drones.drones[2].key is None
         # a forged LAND injected on the drone link is dropped: not acted on, not relayed
@@ -106,11 +119,13 @@ def test_signed_drone_works_and_forged_packets_are_rejected(make_hub) -> None:
     assert all(a.fields["message_zh"] for a in alarms)
     texts = [r.fields["text"] for r in recs if r.kind == "drone_event"]
     assert not any("FORGED" in t for t in texts)
+    assert texts.count("GENUINE once") == 1
     assert any(r.kind == "position" and r.device_id == "drone-1" for r in recs)
     presence = [(r.device_id, r.fields["online"]) for r in recs if r.kind == "presence"]
     assert ("drone-1", True) in presence and ("drone-1", False) in presence and ("drone-2", False) in presence
     mode_cmd = [r for r in recs if r.kind == "command"]
-    assert mode_cmd[0].fields["action"] == "mode" and mode_cmd[0].fields["detail"] == "LOITER"
+    assert [c.fields["detail"] for c in mode_cmd] == ["LOITER", "AUTO", "LOITER"]
+    assert all(c.fields["action"] == "mode" and c.priority.label == "command" for c in mode_cmd)
     status = drones.status()
     assert status["dropped_unsigned"] >= 1 and status["dropped_bad_signature"] >= 1
     assert status["quarantined"] >= 2
