@@ -120,6 +120,7 @@ SECTIONS: dict[str, str] = {
     "mavlink": "fieldhub.drone_config:MavlinkConfig",
 
     # InfluxDB sink (issue 6)
+    "influx": "fieldhub.influx:InfluxConfig",
 
     # uplink, links, center (issue 7)
 }

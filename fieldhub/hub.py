@@ -66,6 +66,7 @@ COMPONENTS: tuple[str, ...] = (
     "fieldhub.drones:build_drones",
 
     # InfluxDB sink (issue 6)
+    "fieldhub.influx:build",
 
     # uplink (issue 7)
 )
