@@ -26,7 +26,6 @@ from drivers.mavlink import MavFramer, new_parser, read_tlog  # noqa: E402
 from fieldhub.drone_config import MavlinkConfig  # noqa: E402
 from fieldhub.drones import DroneHub  # noqa: E402
 from fieldhub.log import DurableLog  # noqa: E402
-from fieldhub.mavlink_endpoints import make_endpoint  # noqa: E402
 
 DEFAULT_FILE = ROOT.parent / "shared" / "fixtures" / "mavlink" / "ardusub_small.tlog"
 CHUNK = 4096

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from .errors import FieldhubError, HubNotRunning
+
 ACTION_HELP = "rtl | land | arm | disarm | mode NAME | goto LAT LON ALT"
 RESULT_ZH = {"accepted": "已接受", "temporarily_rejected": "暂时拒绝", "denied": "拒绝",
              "unsupported": "不支持", "failed": "失败", "cancelled": "已取消", "no_ack": "无应答",
@@ -20,6 +22,19 @@ def _clean(f: Any) -> Any:
     """Dedent a nested function's docstring before ``example`` appends to it."""
     f.__doc__ = inspect.cleandoc(f.__doc__ or "")
     return f
+
+
+def _call(control: Any, data_dir: Any, cmd: str, args: dict[str, Any], timeout: float = 30.0) -> Any:
+    """Ask the running hub; a hub without MAVLink says so in one clear line."""
+    try:
+        return control.call(data_dir, cmd, args, timeout=timeout)
+    except HubNotRunning:
+        raise
+    except FieldhubError as exc:
+        if str(exc).startswith(f"unknown command {cmd!r}"):
+            raise FieldhubError("MAVLink is not enabled on the running hub: set [mavlink] endpoints "
+                                "/ 运行中的 hub 未启用 MAVLink（请配置 [mavlink] endpoints）") from None
+        raise
 
 
 def register(main: click.Group, sim: click.Group) -> None:
@@ -54,8 +69,8 @@ def register(main: click.Group, sim: click.Group) -> None:
             raise click.UsageError(f"{action} takes no arguments")
         m = cfg.mavlink
         wait = m.command_timeout * m.command_attempts + m.command_progress_timeout + 10
-        result = control.call(cfg.data_dir, "drone.command",
-                              {"drone": drone_id, "action": action, "args": list(args)}, timeout=wait)
+        result = _call(control, cfg.data_dir, "drone.command",
+                       {"drone": drone_id, "action": action, "args": list(args)}, timeout=wait)
         if as_json:
             emit_json(result)
         else:
@@ -77,7 +92,7 @@ def register(main: click.Group, sim: click.Group) -> None:
         """Drones the running hub sees: online, mode, armed, battery, position, signing drops."""
         from . import control
 
-        items = control.call(cfg.data_dir, "drone.list")
+        items = _call(control, cfg.data_dir, "drone.list", {})
         if as_json:
             emit_json(items)
             return
