@@ -474,6 +474,7 @@ def demo(seconds, data_dir, as_json) -> None:
 # serial: profiles, sim serial, bd/tiantong send (issue 4)
 
 # drones: drone, sim drone (issue 5)
+__import__("fieldhub.cli_mavlink").cli_mavlink.register(main, sim)
 
 # InfluxDB: influx check (issue 6)
 __import__("fieldhub.cli_influx").cli_influx.register(main, sim)

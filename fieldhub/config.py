@@ -117,6 +117,7 @@ SECTIONS: dict[str, str] = {
     # serial devices (issue 4)
 
     # drones / MAVLink (issue 5)
+    "mavlink": "fieldhub.drone_config:MavlinkConfig",
 
     # InfluxDB sink (issue 6)
     "influx": "fieldhub.influx:InfluxConfig",

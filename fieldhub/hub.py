@@ -63,6 +63,7 @@ COMPONENTS: tuple[str, ...] = (
     # serial devices (issue 4)
 
     # drones / MAVLink (issue 5)
+    "fieldhub.drones:build_drones",
 
     # InfluxDB sink (issue 6)
     "fieldhub.influx:build",

@@ -15,6 +15,7 @@ DEMO: tuple[str, ...] = (
     # serial devices behind ptys (issue 4)
 
     # drones (issue 5)
+    "simulators.drone:DemoDrones",
 
     # links (issue 7)
 )
