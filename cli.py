@@ -470,6 +470,7 @@ def demo(seconds, data_dir, as_json) -> None:
 # and adds one line in its slot below.
 
 # MQTT: quarantine readmit, provision, sim village (issue 3)
+__import__("fieldhub.cli_mqtt").cli_mqtt.register(main, sim)
 
 # serial: profiles, sim serial, bd/tiantong send (issue 4)
 

@@ -112,7 +112,7 @@ SECTIONS: dict[str, str] = {
     "hub": "fieldhub.config:HubConfig",
     "log": "fieldhub.config:LogConfig",
     "store": "fieldhub.config:StoreConfig",
-    "mqtt": "fieldhub.config:MqttConfig",
+    "mqtt": "fieldhub.mqtt_ingest:MqttConfig",
 
     # serial devices (issue 4)
 

@@ -59,6 +59,7 @@ COMPONENTS: tuple[str, ...] = (
     "fieldhub.hub:build_store",
 
     # MQTT ingest, presence (issue 3)
+    "fieldhub.mqtt_ingest:build",
 
     # serial devices (issue 4)
 

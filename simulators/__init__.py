@@ -11,6 +11,7 @@ DEMO: tuple[str, ...] = (
     "simulators.loadgen:DemoLoad",
 
     # village fleet over MQTT (issue 3)
+    "simulators.village:DemoVillage",
 
     # serial devices behind ptys (issue 4)
 
