@@ -61,6 +61,7 @@ COMPONENTS: tuple[str, ...] = (
     # MQTT ingest, presence (issue 3)
 
     # serial devices (issue 4)
+    "fieldhub.serial_ingest:build",
 
     # drones / MAVLink (issue 5)
 
