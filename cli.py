@@ -446,6 +446,7 @@ def demo(seconds, data_dir, as_json) -> None:
 # MQTT: quarantine readmit, provision, sim village (issue 3)
 
 # serial: profiles, sim serial, bd/tiantong send (issue 4)
+__import__("fieldhub.cli_serial").cli_serial.register(main, sim)
 
 # drones: drone, sim drone (issue 5)
 

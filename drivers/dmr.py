@@ -85,6 +85,8 @@ def decode_lrrp(doc: bytes) -> dict[str, Any]:
     """Decode an LRRP document (report or request tokens) into flat fields; raises ProtocolError."""
     if len(doc) < 2 or doc[0] not in LRRP_DOCS or doc[1] != len(doc) - 2:
         raise ProtocolError("not an LRRP document")
+    if len(doc) < 4 or doc[2] not in (0x22, 0x23, 0x24):
+        raise ProtocolError("LRRP document without a request-id")
     doc_type = LRRP_DOCS[doc[0]]
     out: dict[str, Any] = {"document": doc_type}
     b, i, n = doc[2:], 0, len(doc) - 2
@@ -155,25 +157,23 @@ class DmrFramer:
         while i < len(buf):
             n = len(buf) - i
             b = buf[i]
-            if b in HDAP_HEADERS and n >= 5:
+            if b in HDAP_HEADERS:
+                if n < 5:
+                    break
                 ln = (buf[i + 3] << 8) | buf[i + 4]
                 total = 5 + ln + 2
                 if total <= self.max_frame:
-                    if n < total:
-                        if self._lrrp_possible(buf, i):
-                            pass  # maybe an LRRP doc instead; try below
-                        else:
-                            break  # wait for the rest
-                    elif buf[i + total - 1] == HDAP_END:
-                        fr = bytes(buf[i:i + total])
-                        if hdap_checksum(fr[1:-2]) == fr[-2]:
-                            out.append(Frame(fr))
-                        else:
-                            out.append(Frame(fr, ok=False, error="bad checksum"))
-                        i += total
-                        continue
-            elif b in HDAP_HEADERS and n < 5:
-                break
+                    if n >= total:
+                        if buf[i + total - 1] == HDAP_END:
+                            fr = bytes(buf[i:i + total])
+                            if hdap_checksum(fr[1:-2]) == fr[-2]:
+                                out.append(Frame(fr))
+                            else:
+                                out.append(Frame(fr, ok=False, error="bad checksum"))
+                            i += total
+                            continue
+                    elif not self._lrrp_at(buf, i):
+                        break  # an HDAP message still arriving
             if b in LRRP_DOCS:
                 if n < 2:
                     break
@@ -199,8 +199,14 @@ class DmrFramer:
         return out
 
     @staticmethod
-    def _lrrp_possible(buf: bytearray, i: int) -> bool:
-        return buf[i] in LRRP_DOCS and len(buf) - i >= 2 and len(buf) - i >= buf[i + 1] + 2
+    def _lrrp_at(buf: bytearray, i: int) -> bool:
+        if buf[i] not in LRRP_DOCS or len(buf) - i < 2 or len(buf) - i < buf[i + 1] + 2:
+            return False
+        try:
+            decode_lrrp(bytes(buf[i:i + buf[i + 1] + 2]))
+        except (ProtocolError, IndexError, struct.error):
+            return False
+        return True
 
 
 # ----------------------------------------------------------------------------- parser

@@ -13,6 +13,7 @@ DEMO: tuple[str, ...] = (
     # village fleet over MQTT (issue 3)
 
     # serial devices behind ptys (issue 4)
+    "simulators.serial_demo:SerialDemo",
 
     # drones (issue 5)
 
