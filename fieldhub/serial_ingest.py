@@ -102,7 +102,9 @@ class Port:
                                          backoff_initial=float(settings.backoff_initial),
                                          backoff_max=float(settings.backoff_max), on_state=self._on_state)
         self.session: Session = SESSIONS[cfg.driver](self, profile)
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter({k: 0 for k in (
+            "frames", "records", "bad_frames", "quarantined", "quarantine_suppressed", "append_errors",
+            "connects")})
         self.errors: Counter[str] = Counter()
         self.limit = RateLimit(settings.quarantine_per_minute)
         self.last_record_ns = 0
@@ -259,6 +261,18 @@ class SerialIngest:
         return {"device": port.device_id,
                 **port.session.send_sms(str(args["number"]), str(args["text"]), str(args.get("mode") or ""))}
 
+    def send(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Any driver command, encoded by the port's driver (e.g. a DMR text message)."""
+        port = self.ports.get(str(args.get("device", "")))
+        if port is None:
+            raise FieldhubError(f"no serial port for device {args.get('device')!r} "
+                                f"(have: {', '.join(self.ports) or 'none'}) / 设备不存在")
+        if port.driver.encoder is None:
+            raise FieldhubError(f"driver {port.cfg.driver} takes no commands")
+        data = port.driver.encoder(dict(args.get("command") or {}))
+        port.write(data)
+        return {"device": port.device_id, "bytes": len(data)}
+
     def ptz(self, args: dict[str, Any]) -> dict[str, Any]:
         port = self._port(args, PtzSession)
         assert isinstance(port.session, PtzSession)
@@ -276,4 +290,5 @@ def build(ctx: Any) -> SerialIngest | None:
     ctx.control.register("serial.bd_send", comp.bd_send)
     ctx.control.register("serial.sms_send", comp.sms_send)
     ctx.control.register("serial.ptz", comp.ptz)
+    ctx.control.register("serial.send", comp.send)
     return comp
