@@ -43,8 +43,10 @@ def _direct(driver: str, url: str, profile: str, device: str, fn: Callable[[Any]
                                       profile=profile), log=_NullLog(), settings=None)
     port.start()
     try:
-        if not port.transport.connected.wait(connect_timeout):
-            raise TransportError(f"cannot open {url}: {port.transport.last_error or 'timeout'} / 无法打开串口")
+        deadline = time.monotonic() + connect_timeout
+        while not port.transport.connected.wait(0.05):
+            if port.transport.stats["open_failures"] or time.monotonic() > deadline:
+                raise TransportError(f"cannot open {url}: {port.transport.last_error or 'timeout'} / 无法打开串口")
         time.sleep(0.3)  # let the session's init (card query, ATE0...) go first
         return fn(port.session)
     finally:

@@ -45,6 +45,10 @@ class Session:
 
     def stop(self) -> None:
         self._stop.set()
+        try:
+            self._tasks.put_nowait(("", None))  # wake the worker
+        except queue.Full:
+            pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -142,6 +146,7 @@ class RdssSession(Session):
         super().__init__(port, profile)
         r = profile.get("rdss", {})
         self.interval = float(r.get("service_interval_s", 60))
+        self.margin = float(r.get("interval_margin_s", 0.5))
         self.max_bits = int(r.get("max_message_bits", 628))
         self.max_retries = int(r.get("max_retries", 3))
         self.feedback_timeout = float(r.get("feedback_timeout_s", 5))
@@ -192,7 +197,8 @@ class RdssSession(Session):
                     self.port.write(data)
                     attempts += 1
                     sent_at = time.monotonic()
-                    self.next_allowed = sent_at + self.interval
+                    # the module counts from its own transmission, a little after our write
+                    self.next_allowed = sent_at + self.interval + self.margin
                     fb = self._wait_for(lambda f, recs: next((r.fields for r in recs if r.kind == "bd_feedback"), None),
                                         self.feedback_timeout)
                 finally:
