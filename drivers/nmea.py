@@ -6,7 +6,7 @@ import calendar
 import time
 from typing import Any, Mapping
 
-from fieldhub.records import Priority, Record
+from fieldhub.records import Priority, Record, stable_id
 
 from .base import Driver, Frame, ParseContext
 from .sentence import SentenceFramer, read_text_capture, sentence, split_fields
@@ -42,13 +42,17 @@ def constellation_of_prn(prn: int, talker_sys: str) -> str:
     return "gnss"
 
 
+_INF = float("inf")
+
+
 def _f(b: bytes) -> float | None:
     if not b:
         return None
     try:
-        return float(b)
+        v = float(b)
     except ValueError:
         return None
+    return v if v == v and -_INF < v < _INF else None  # no NaN/inf into records
 
 
 def _i(b: bytes) -> int | None:
@@ -115,18 +119,24 @@ class NmeaParser:
 
     def _rec(self, kind: str, ctx: ParseContext, ts: int, fields: dict[str, Any], key: object,
              priority: Priority = Priority.TELEMETRY) -> Record:
-        return Record.make(kind, ctx.device_id, ts, fields, tags=ctx.tags, priority=priority,
-                           source=ctx.source or SOURCE, key=key)
+        # Built directly rather than through Record.make: every value here is already a clean
+        # scalar (numbers pass _f/_i, NaN and inf are refused), and this is the hot path.
+        source = ctx.source or SOURCE
+        return Record(kind, ctx.device_id, ts, fields, ctx.tags, priority, source,
+                      stable_id(source, ctx.device_id, kind, key))
 
     def parse(self, frame: Frame, ctx: ParseContext) -> list[Record]:
-        f = split_fields(frame.raw)
-        addr = f[0].decode("ascii", "replace")
-        if len(addr) == 5 and addr[:2] in TALKERS:
-            talker, stype = addr[:2], addr[2:]
-            handler = _HANDLERS.get(stype)
-            if handler is not None:
-                return handler(self, talker, f, ctx)
-        return self._raw(addr, frame, ctx)
+        raw = frame.raw
+        star = raw.rfind(b"*")
+        f = (raw[1:star] if star > 0 else raw[1:]).split(b",")
+        addr = f[0]
+        if len(addr) == 5:
+            talker = _TALKER_B.get(addr[:2])
+            if talker is not None:
+                handler = _HANDLERS_B.get(addr[2:])
+                if handler is not None:
+                    return handler(self, talker, f, ctx)
+        return self._raw(addr.decode("ascii", "replace"), frame, ctx)
 
     def _raw(self, addr: str, frame: Frame, ctx: ParseContext) -> list[Record]:
         """Vendor and unknown sentences are kept as raw records, not errors."""
@@ -190,8 +200,7 @@ class NmeaParser:
         system = TALKERS[talker]
         if len(f) > 18 and f[18] in (b"1", b"2", b"3", b"4", b"5", b"6"):
             system = SYSTEM_IDS[f[18].decode()]  # NMEA 4.11; BDGSA's float field 18 is ignored
-        used = [_i(x) for x in f[3:15]]
-        prns = [p for p in used if p]
+        prns = [int(x) for x in f[3:15] if x.isdigit()]
         if system == "beidou":
             prns = [beidou_svid(p) for p in prns]
         fields: dict[str, Any] = {"mode": f[1].decode("ascii", "replace") or "A",
@@ -216,15 +225,16 @@ class NmeaParser:
             signal = body[-1].decode("ascii", "replace")
             body = body[:-1]
         for i in range(0, len(body) - 3, 4):
-            prn = _i(body[i])
-            if prn is None:
-                continue
-            sats.append((prn, _i(body[i + 1]), _i(body[i + 2]), _i(body[i + 3])))
+            if body[i]:
+                sats.append((body[i], body[i + 3]))  # PRN and SNR; converted once the group is complete
         if num < total:
             return []
         system = TALKERS[talker]
-        snrs = [s[3] for s in sats if s[3]]
-        ids = [beidou_svid(s[0]) if system == "beidou" else s[0] for s in sats]
+        snrs = [int(s[1]) for s in sats if s[1].isdigit() and s[1] != b"00"]
+        if system == "beidou":
+            ids = [beidou_svid(int(s[0])) for s in sats if s[0].isdigit()]
+        else:
+            ids = [int(s[0]) for s in sats if s[0].isdigit()]
         fields: dict[str, Any] = {"constellation": system, "in_view": in_view, "tracked": len(snrs),
                                   "prns": ",".join(map(str, ids)), "talker": talker}
         if snrs:
@@ -285,10 +295,12 @@ class NmeaParser:
                           key=f"TXT:{ctx.now_ns}:{self._n}", priority=Priority.BULK)]
 
 
+_TALKER_B = {k.encode(): k for k in TALKERS}
 _HANDLERS = {"GGA": NmeaParser._gga, "GNS": NmeaParser._gns, "RMC": NmeaParser._rmc,
              "GSA": NmeaParser._gsa, "GSV": NmeaParser._gsv, "VTG": NmeaParser._vtg,
              "ZDA": NmeaParser._zda, "GLL": NmeaParser._gll, "GST": NmeaParser._gst,
              "TXT": NmeaParser._txt}
+_HANDLERS_B = {k.encode(): v for k, v in _HANDLERS.items()}
 
 
 def framer() -> SentenceFramer:
