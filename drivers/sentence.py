@@ -59,29 +59,33 @@ class SentenceFramer:
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf + data if self._buf else data
         out: list[Frame] = []
-        start = 0
-        n = len(buf)
+        lines = buf.split(b"\n")
+        rest = lines.pop()
         max_len = self.max_len
-        while start < n:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                if n - start > max_len:
-                    # an over-long line with no end: drop it, keep only a possible new start
-                    dollar = buf.rfind(b"$", start + 1)
-                    keep = dollar if dollar > 0 and n - dollar <= max_len else n
-                    out.append(Frame(bytes(buf[start:keep][:120]), ok=False,
-                                     error=f"line longer than {max_len} bytes"))
-                    start = keep
-                    continue
-                break
-            line = buf[start:nl]
-            start = nl + 1
-            if line.endswith(b"\r"):
+        append = out.append
+        for line in lines:
+            if line[-1:] == b"\r":
                 line = line[:-1]
-            if not line:
-                continue
-            out.extend(self._line(line))
-        self._buf = buf[start:] if start < n else b""
+            # fast path: one clean "$...*hh" sentence on the line
+            if line[:1] == b"$" and line[-3:-2] == b"*" and len(line) <= max_len and line.find(b"$", 1) < 0:
+                try:
+                    want = int(line[-2:], 16)
+                except ValueError:
+                    want = -1
+                if xor8(line[1:-3]) == want:
+                    append(Frame(line))
+                else:
+                    append(Frame(line, ok=False, error="bad checksum"))
+            elif line:
+                out.extend(self._line(line))
+        if len(rest) > max_len:
+            # an over-long line with no end: drop it, keep only a possible new start
+            dollar = rest.rfind(b"$", 1)
+            keep = dollar if dollar > 0 and len(rest) - dollar <= max_len else len(rest)
+            append(Frame(bytes(rest[:keep][:120]), ok=False, error=f"line longer than {max_len} bytes"))
+            self.garbage_bytes += keep
+            rest = rest[keep:]
+        self._buf = rest
         return out
 
     def _line(self, line: bytes) -> list[Frame]:
