@@ -19,6 +19,7 @@ DRIVERS: dict[str, str] = {
     **{n: f"drivers.{n}" for n in ("nmea", "beidou_rdss", "tiantong", "dmr", "pelco_d")},
 
     # mavlink (issue 5)
+    "mavlink": "drivers.mavlink",
 }
 
 

@@ -120,6 +120,7 @@ SECTIONS: dict[str, str] = {
     # drones / MAVLink (issue 5)
 
     # InfluxDB sink (issue 6)
+    "influx": "fieldhub.influx:InfluxConfig",
 
     # uplink, links, center (issue 7)
 }

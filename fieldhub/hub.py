@@ -66,6 +66,7 @@ COMPONENTS: tuple[str, ...] = (
     # drones / MAVLink (issue 5)
 
     # InfluxDB sink (issue 6)
+    "fieldhub.influx:build",
 
     # uplink (issue 7)
 )
