@@ -473,6 +473,7 @@ def demo(seconds, data_dir, as_json) -> None:
 __import__("fieldhub.cli_mqtt").cli_mqtt.register(main, sim)
 
 # serial: profiles, sim serial, bd/tiantong send (issue 4)
+__import__("fieldhub.cli_serial").cli_serial.register(main, sim)
 
 # drones: drone, sim drone (issue 5)
 __import__("fieldhub.cli_mavlink").cli_mavlink.register(main, sim)

@@ -115,6 +115,7 @@ SECTIONS: dict[str, str] = {
     "mqtt": "fieldhub.mqtt_ingest:MqttConfig",
 
     # serial devices (issue 4)
+    "serial": "fieldhub.serial_ingest:SerialConfig",
 
     # drones / MAVLink (issue 5)
     "mavlink": "fieldhub.drone_config:MavlinkConfig",

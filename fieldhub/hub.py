@@ -62,6 +62,7 @@ COMPONENTS: tuple[str, ...] = (
     "fieldhub.mqtt_ingest:build",
 
     # serial devices (issue 4)
+    "fieldhub.serial_ingest:build",
 
     # drones / MAVLink (issue 5)
     "fieldhub.drones:build_drones",

@@ -14,6 +14,7 @@ DEMO: tuple[str, ...] = (
     "simulators.village:DemoVillage",
 
     # serial devices behind ptys (issue 4)
+    "simulators.serial_demo:SerialDemo",
 
     # drones (issue 5)
     "simulators.drone:DemoDrones",
