@@ -452,6 +452,7 @@ def demo(seconds, data_dir, as_json) -> None:
 # InfluxDB: influx check (issue 6)
 
 # uplink: uplink status, sim link, center (issue 7)
+from fieldhub.cli_uplink import register as _register_uplink; _register_uplink(main, sim)  # noqa: E402,E702
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ SECTIONS: dict[str, str] = {
     # InfluxDB sink (issue 6)
 
     # uplink, links, center (issue 7)
+    "uplink": "fieldhub.uplink_config:UplinkConfig",
 }
 
 

@@ -67,6 +67,7 @@ COMPONENTS: tuple[str, ...] = (
     # InfluxDB sink (issue 6)
 
     # uplink (issue 7)
+    "fieldhub.uplink:build",
 )
 
 
