@@ -77,9 +77,15 @@ class LinkEmulator:
 
     def outage(self, seconds: float | None = None) -> None:
         """Take the link down now, for ``seconds`` (None = until ``restore()``)."""
+        if seconds is None:
+            self._forced_down = True
+        else:
+            self._down_until = max(self._down_until, time.monotonic() + seconds)
         self._call(self._begin_outage, seconds)
 
     def restore(self) -> None:
+        self._forced_down = False
+        self._down_until = 0.0
         self._call(self._end_outage)
 
     def set(self, **changes: Any) -> None:
