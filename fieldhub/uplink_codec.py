@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import struct
+from itertools import accumulate
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -86,6 +87,32 @@ class _Reader:
     def sv(self) -> int:
         return _unzz(self.uv())
 
+    def svs(self, n: int) -> list[int]:
+        """``n`` zigzag varints (the hot loop of decoding)."""
+        b, i, out = self.b, self.i, []
+        app = out.append
+        try:
+            for _ in range(n):
+                c = b[i]
+                i += 1
+                if c >= 0x80:
+                    v, shift = c & 0x7F, 7
+                    while True:
+                        c = b[i]
+                        i += 1
+                        v |= (c & 0x7F) << shift
+                        if c < 0x80:
+                            break
+                        shift += 7
+                        if shift > 70:
+                            raise ProtocolError("varint too long", offset=i)
+                    c = v
+                app((c >> 1) ^ -(c & 1))
+        except IndexError:
+            raise ProtocolError("truncated batch (varint)", offset=i) from None
+        self.i = i
+        return out
+
     def take(self, n: int) -> bytes:
         if self.i + n > len(self.b):
             raise ProtocolError("truncated batch", offset=self.i)
@@ -149,23 +176,52 @@ class _Strings:
 
 
 # ----------------------------------------------------------------------------- encode
+def _column_type(values: list) -> int | None:
+    """The one type of a column, or None if it mixes types (then the series is split)."""
+    t = type(values[0])
+    if any(type(v) is not t for v in values):
+        return None
+    return {bool: T_BOOL, int: T_INT, float: T_FLOAT, str: T_STR}.get(t)
+
+
+def _series(records: Sequence[Record]) -> list[tuple[tuple, list[Record], list[int]]]:
+    """Group records by (kind, device, source, class, tags, field names); type each column."""
+    groups: dict[tuple, list[Record]] = {}
+    for r in records:
+        key = (r.kind, r.device_id, r.source, int(r.priority), tuple(r.tags.items()), tuple(r.fields))
+        g = groups.get(key)
+        if g is None:
+            groups[key] = [r]
+        else:
+            g.append(r)
+    out = []
+    for key, recs in groups.items():
+        types = [_column_type([r.fields[name] for r in recs]) for name in key[5]]
+        if all(t is not None for t in types):
+            out.append((key, recs, types))  # type: ignore[arg-type]
+            continue
+        split: dict[tuple, list[Record]] = {}  # rare: a field changes type within the batch
+        for r in recs:
+            split.setdefault(tuple(_type_code(v) for v in r.fields.values()), []).append(r)
+        for sig, part in split.items():
+            out.append((key, part, list(sig)))
+    return out
+
+
 def encode_body(records: Sequence[Record]) -> bytes:
     """The uncompressed columnar body (string table + series)."""
-    series: dict[tuple, list[Record]] = {}
-    for r in records:
-        key = (r.kind, r.device_id, r.source, int(r.priority), tuple(sorted(r.tags.items())),
-               tuple((k, _type_code(v)) for k, v in r.fields.items()))
-        series.setdefault(key, []).append(r)
     strings = _Strings()
     cols = bytearray()
+    ap = cols.append
     base = min((r.ts for r in records), default=0)
+    series = _series(records)
     _uv(cols, len(series))
-    for (kind, dev, source, prio, tags, fdefs), recs in series.items():
+    for (kind, dev, source, prio, tags, names), recs, types in series:
         recs.sort(key=lambda r: r.ts)
         _uv(cols, strings(kind))
         _uv(cols, strings(dev))
         _uv(cols, strings(source))
-        cols.append(prio)
+        ap(prio)
         _uv(cols, len(tags))
         for k, v in tags:
             _uv(cols, strings(k))
@@ -176,57 +232,66 @@ def encode_body(records: Sequence[Record]) -> bytes:
         offs = [r.ts - base for r in recs]
         e = _ts_unit(offs)
         unit = 10 ** e
-        cols.append(e)
+        ap(e)
         prev = prev_d = 0
         for i, o in enumerate(offs):
             t = o // unit
             d = t - prev
-            _uv(cols, _zz(d if i < 2 else d - prev_d))
+            z = d if i < 2 else d - prev_d
+            z = (z << 1) if z >= 0 else ((-z << 1) - 1)
+            if z < 0x80:
+                ap(z)
+            else:
+                _uv(cols, z)
             prev, prev_d = t, d
         # ids
         if all(r.id == stable_id(source, dev, kind, r.ts) for r in recs):
-            cols.append(ID_DERIVED)
+            ap(ID_DERIVED)
         elif all(_HEX20.match(r.id) for r in recs):
-            cols.append(ID_RAW10)
+            ap(ID_RAW10)
             for r in recs:
                 cols += bytes.fromhex(r.id)
         else:
-            cols.append(ID_STR)
+            ap(ID_STR)
             for r in recs:
                 _uv(cols, strings(r.id))
         # field columns
-        _uv(cols, len(fdefs))
-        for name, tcode in fdefs:
+        _uv(cols, len(names))
+        for name, tcode in zip(names, types):
             _uv(cols, strings(name))
             values = [r.fields[name] for r in recs]
+            ints: list[int] | None = None
             if tcode == T_FLOAT:
-                d = _scale_of(values)  # type: ignore[arg-type]
+                d = _scale_of(values)
                 if d is not None:
-                    cols.append(T_SCALED)
-                    cols.append(d)
-                    m, prev = 10 ** d, 0
-                    for v in values:
-                        k = round(v * m)  # type: ignore[operator]
-                        _uv(cols, _zz(k - prev))
-                        prev = k
+                    ap(T_SCALED)
+                    ap(d)
+                    m = 10 ** d
+                    ints = [round(v * m) for v in values]
                 else:
-                    cols.append(T_FLOAT)
+                    ap(T_FLOAT)
                     for v in values:
-                        cols += _D.pack(v)  # type: ignore[arg-type]
+                        cols += _D.pack(v)
             elif tcode == T_INT:
-                cols.append(T_INT)
-                prev = 0
-                for v in values:
-                    _uv(cols, _zz(v - prev))  # type: ignore[operator]
-                    prev = v  # type: ignore[assignment]
+                ap(T_INT)
+                ints = values
             elif tcode == T_BOOL:
-                cols.append(T_BOOL)
-                for v in values:
-                    cols.append(1 if v else 0)
+                ap(T_BOOL)
+                cols += bytes(1 if v else 0 for v in values)
             else:
-                cols.append(T_STR)
+                ap(T_STR)
                 for v in values:
                     _uv(cols, strings(str(v)))
+            if ints is not None:
+                prev = 0
+                for k in ints:
+                    z = k - prev
+                    z = (z << 1) if z >= 0 else ((-z << 1) - 1)
+                    if z < 0x80:
+                        ap(z)
+                    else:
+                        _uv(cols, z)
+                    prev = k
     out = bytearray()
     _uv(out, len(strings.items))
     for s in strings.items:
@@ -326,8 +391,7 @@ def decode_body(body: bytes) -> list[Record]:
         unit = 10 ** rd.byte()
         ts: list[int] = []
         prev = prev_d = 0
-        for i in range(n):
-            v = rd.sv()
+        for i, v in enumerate(rd.svs(n)):
             d = v if i < 2 else prev_d + v
             prev += d
             prev_d = d
@@ -347,15 +411,9 @@ def decode_body(body: bytes) -> list[Record]:
             t = rd.byte()
             if t == T_SCALED:
                 m = 10 ** rd.byte()
-                vals, acc = [], 0
-                for _i in range(n):
-                    acc += rd.sv()
-                    vals.append(acc / m)
+                vals = [k / m for k in accumulate(rd.svs(n))]
             elif t == T_INT:
-                vals, acc = [], 0
-                for _i in range(n):
-                    acc += rd.sv()
-                    vals.append(acc)
+                vals = list(accumulate(rd.svs(n)))
             elif t == T_FLOAT:
                 vals = [_D.unpack(rd.take(8))[0] for _i in range(n)]
             elif t == T_BOOL:
@@ -365,7 +423,8 @@ def decode_body(body: bytes) -> list[Record]:
             else:
                 raise ProtocolError(f"unknown column type {t}", offset=rd.i)
             columns.append((name, vals))
-        for i in range(n):
-            out.append(Record(kind, dev, ts[i], {name: vals[i] for name, vals in columns},
-                              dict(tags), prio, source, ids[i]))
+        names = [c[0] for c in columns]
+        rows = zip(*(c[1] for c in columns)) if columns else ((),) * n
+        for t_, row, rid in zip(ts, rows, ids):
+            out.append(Record(kind, dev, t_, dict(zip(names, row)), dict(tags), prio, source, rid))
     return out

@@ -86,7 +86,7 @@ class UplinkConfig:
     #: the bearers, tried by cost: [[uplink.links]] tables (see docs/uplink.md)
     links: list[LinkConfig] = field(default_factory=list)
     #: most records in one batch
-    batch_records: int = 5000
+    batch_records: int = 50_000
     #: target link time per batch (batch size follows the link's bandwidth)
     batch_time: Duration = Duration(1.0)
     #: unacknowledged batches in flight per link

@@ -28,6 +28,8 @@ def test_round_trip_is_exact_for_every_column_type() -> None:
                                                        "ok": True, "msg": "水位超警戒 level>3", "tiny": 1e-300},
                          tags={"unit": "村"}, priority="bulk", source="mqtt", key="k1"),
              Record("custom", "dev-y", T0, {"v": 1.5}, {}, Priority.COMMAND, "x", "not-a-hex-id")]
+    # a field that is sometimes an int and sometimes a float keeps its type per record
+    recs += [Record.make("gauge", "dev-z", T0 + i * 10**9, {"v": 20 if i % 2 else 20.5}, key=i) for i in range(6)]
     batch = Batch("vehicle-01", 42, T0, {0: (0, 9), 4: (3, 200)}, recs, {"link": "geo"})
     back = decode_batch(encode_batch(batch))
     assert (back.hub_id, back.batch_id, back.ranges, back.meta) == ("vehicle-01", 42, batch.ranges, {"link": "geo"})
