@@ -17,4 +17,5 @@ DEMO: tuple[str, ...] = (
     # drones (issue 5)
 
     # links (issue 7)
+    "simulators.uplink_demo:DemoUplink",
 )
