@@ -482,6 +482,7 @@ __import__("fieldhub.cli_mavlink").cli_mavlink.register(main, sim)
 __import__("fieldhub.cli_influx").cli_influx.register(main, sim)
 
 # uplink: uplink status, sim link, center (issue 7)
+from fieldhub.cli_uplink import register as _register_uplink; _register_uplink(main, sim)  # noqa: E402,E702
 
 
 if __name__ == "__main__":

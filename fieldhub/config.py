@@ -124,6 +124,7 @@ SECTIONS: dict[str, str] = {
     "influx": "fieldhub.influx:InfluxConfig",
 
     # uplink, links, center (issue 7)
+    "uplink": "fieldhub.uplink_config:UplinkConfig",
 }
 
 

@@ -71,6 +71,7 @@ COMPONENTS: tuple[str, ...] = (
     "fieldhub.influx:build",
 
     # uplink (issue 7)
+    "fieldhub.uplink:build",
 )
 
 

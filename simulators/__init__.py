@@ -20,4 +20,5 @@ DEMO: tuple[str, ...] = (
     "simulators.drone:DemoDrones",
 
     # links (issue 7)
+    "simulators.uplink_demo:DemoUplink",
 )
