@@ -115,13 +115,16 @@ SECTIONS: dict[str, str] = {
     "mqtt": "fieldhub.mqtt_ingest:MqttConfig",
 
     # serial devices (issue 4)
+    "serial": "fieldhub.serial_ingest:SerialConfig",
 
     # drones / MAVLink (issue 5)
+    "mavlink": "fieldhub.drone_config:MavlinkConfig",
 
     # InfluxDB sink (issue 6)
     "influx": "fieldhub.influx:InfluxConfig",
 
     # uplink, links, center (issue 7)
+    "uplink": "fieldhub.uplink_config:UplinkConfig",
 }
 
 

@@ -372,7 +372,8 @@ class DurableLog:
             self.stats["disk_full"] += 1
             self.oplog.write("error", "disk_full", f"log write failed: {text}",
                              f"日志写入失败（磁盘已满）：{text}")
-            return DiskFullError(f"log {self.path}: {text}")
+            return DiskFullError(f"log {self.path}: cannot write, disk full or failing ({text}) "
+                                 f"/ 磁盘已满或故障，无法写入")
         if isinstance(exc, (sqlite3.Error, OSError)):
             self.oplog.write("error", "log_write_failed", f"log write failed: {text}",
                              f"日志写入失败：{text}")
@@ -510,7 +511,7 @@ class DurableLog:
             self.oplog.write("error", "disk_cap_full",
                              f"disk cap {self.disk_cap} bytes reached and only alarm/command "
                              "records remain: refusing new records",
-                             f"达到磁盘上限且只剩告警/指令记录：拒绝写入新记录")
+                             "达到磁盘上限且只剩告警/指令记录：拒绝写入新记录")
             raise DiskFullError(
                 f"log {self.path}: disk cap of {self.disk_cap} bytes reached; only alarm and "
                 "command records remain, which are never evicted")

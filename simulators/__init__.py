@@ -14,8 +14,11 @@ DEMO: tuple[str, ...] = (
     "simulators.village:DemoVillage",
 
     # serial devices behind ptys (issue 4)
+    "simulators.serial_demo:SerialDemo",
 
     # drones (issue 5)
+    "simulators.drone:DemoDrones",
 
     # links (issue 7)
+    "simulators.uplink_demo:DemoUplink",
 )

@@ -115,6 +115,9 @@ def test_run_status_query_and_clean_shutdown(data_dir: Path) -> None:
         assert hub.wait(30) == 0
     assert "stopped cleanly" in hub.stderr.read()  # type: ignore[union-attr]
     assert not (data_dir / "hub.sock").exists()
+    evs = [json.loads(x) for x in run_cli("events", "--json", *dd, check=True).stdout.splitlines()]
+    assert [e["event"] for e in evs][-2:] == ["hub_started", "hub_stopped"]
+    assert "已正常停止" in run_cli("events", *dd, check=True).stdout
     # records appended to the log reach the store when the hub runs again
     now = time.time_ns()
     log = DurableLog(data_dir / "log.db")
@@ -181,3 +184,6 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert sum(summary["stored_by_kind"].values()) > 0
     assert summary["stored_by_kind"].get("vehicle_power", 0) >= 5
+    # status of a stopped hub's data dir names the hub that ran there
+    st = json.loads(run_cli("status", "--json", "--data-dir", summary["data_dir"], check=True).stdout)
+    assert st["hub_id"] == "demo-vehicle" and st["running"] is False

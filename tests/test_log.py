@@ -221,3 +221,26 @@ def test_sequence_numbers_never_reused_after_compaction(tmp_path: Path) -> None:
     log.append(recs(5, start=100))
     assert [e.record.fields["v"] for e in log.cursor("c").read(100)] == [100, 101, 102, 103, 104]
     log.close()
+
+
+def test_real_disk_full_is_a_clear_error_and_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    path = tmp_path / "log.db"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "fill_disk.py"), str(path),
+                           str(2 * 1024 * 1024)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stderr
+    errors = [line for line in lines if line.startswith("ERROR")]
+    assert errors and ("DiskFullError" in errors[0] or "StorageError" in errors[0]), lines[-3:]
+    assert lines[-1].startswith("STILL-RUNNING")
+    assert "full" in errors[0] or "disk" in errors[0]
+    last_ack = max(int(line.split()[1]) for line in lines if line.startswith("ACK"))
+    log = DurableLog(path)  # with room again, everything acknowledged is there
+    got = {e.record.fields["v"] for e in log.cursor("check").read(100_000)}
+    assert set(range(last_ack + 1)) <= got
+    log.close()
