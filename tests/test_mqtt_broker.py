@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -235,3 +234,37 @@ def test_last_will_marks_offline_with_alarm(broker: ProvisionedBroker) -> None:
     recs = list(LocalStore(broker.data / "store.db", readonly=True).query("presence", device="wl-7"))
     assert [(r.fields["online"], r.fields["reason"], r.priority) for r in recs] == [
         (True, "message", Priority.TELEMETRY), (False, "last_will", Priority.ALARM)]
+
+
+def test_dedupe_survives_log_compaction_and_restart(broker: ProvisionedBroker) -> None:
+    pw = broker.provision("rg-d")
+    broker.start()
+    body = orjson.dumps({"seq": 41, "ts": int(time.time() * 1000), "fields": {"rain_mm": 2.5}})
+    dev = client(broker, "rg-d", pw, cid="rg-d")
+    for attempt in range(2):  # second time: a fresh hub process state, same data dir
+        hub = _hub(broker)
+        mq = hub.components[-1]
+        try:
+            if attempt == 0:
+                dev.publish("fh/rg-d/up/telemetry", body, qos=1).wait_for_publish(5)
+                wait_for(lambda: ("rg-d", 41, "rain_gauge") in mqtt_records(broker.data), 10, "stored")
+                hub.log.compact()
+                wait_for(lambda: hub.log._reader().execute(
+                    "SELECT count(*) FROM log WHERE body LIKE '%rg-d%' AND body NOT LIKE '%presence%'"
+                ).fetchone()[0] == 0, 15, "the record compacted out of the log")
+                wait_for(lambda: mq.state_lookup("rg-d", 41) is not None, 5, "dedupe table written")
+            appended = hub.log.stats["appended"]
+            dev.publish("fh/rg-d/up/telemetry", body, qos=1).wait_for_publish(5)  # a device re-send
+            wait_for(lambda: mq.stats["duplicates"] == 1, 10, "duplicate recognised")
+            assert hub.log.stats["appended"] == appended  # not appended again
+            if attempt == 1:
+                changed = orjson.dumps({"seq": 41, "fields": {"rain_mm": 9.9}})
+                dev.publish("fh/rg-d/up/telemetry", changed, qos=1).wait_for_publish(5)
+                wait_for(lambda: mq.stats["quarantined"] == 1, 10, "reused seq quarantined")
+        finally:
+            hub.stop()
+    assert [r for _, _, r in quarantined(broker.data)] == [
+        "seq 41 reused with different content (device counter reset?)"]
+    assert [s for d, s, _ in mqtt_records(broker.data) if d == "rg-d"] == [41]
+    dev.disconnect()
+    dev.loop_stop()
