@@ -53,6 +53,7 @@ def test_kill9_hub_and_broker_restart_every_message_exactly_once(tmp_path: Path)
         hub.stop()
         if sim.poll() is None:
             sim.kill()
+        b.stop()
     got = sorted((d, s) for d, s, _ in mqtt_records(b.data))
     assert got == expected  # every (device_id, seq) exactly once in the local store
     # and exactly once in the log itself, despite redeliveries after each kill -9

@@ -43,6 +43,7 @@ def test_sim_village_many_devices_sent_equals_stored_plus_quarantined(tmp_path: 
         assert status is not None and status["components"]["mqtt"]["append_errors"] == 0
     finally:
         hub.stop()
+        b.stop()
     stored, held = mqtt_records(b.data), quarantined(b.data)
     assert res["sent"] == len(stored) + len(held)
     assert len(stored) == res["valid"] and len(held) == res["malformed"]
