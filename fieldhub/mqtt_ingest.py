@@ -84,12 +84,19 @@ def broker_address(url: str) -> tuple[str, int, bool]:
 
 
 class AckPipeline:
-    """Acknowledges batches to the broker strictly in arrival order, each once it is durable."""
+    """Acknowledges batches to the broker strictly in arrival order, each once it is durable.
 
-    def __init__(self, send: Callable[[list[tuple[int, int, int]]], None]) -> None:
+    ``done`` (on the log's writer thread) only moves the acks of the oldest finished batches to
+    ``ready``; ``flush`` (on the ingest worker) sends them. The writer never waits on a socket.
+    """
+
+    def __init__(self, send: Callable[[list[tuple[int, int, int]]], None],
+                 notify: Callable[[], None] = lambda: None) -> None:
         self._send = send
+        self._notify = notify
         self._lock = threading.Lock()
         self._tickets: deque[list] = deque()  # [done, acks]
+        self._ready: deque[list[tuple[int, int, int]]] = deque()
 
     def open(self, acks: list[tuple[int, int, int]]) -> list:
         ticket = [False, acks]
@@ -100,15 +107,30 @@ class AckPipeline:
     def done(self, ticket: list) -> None:
         with self._lock:
             ticket[0] = True
-            ready: list[tuple[int, int, int]] = []
+            moved = False
             while self._tickets and self._tickets[0][0]:
-                ready.extend(self._tickets.popleft()[1])
-            if ready:
-                self._send(ready)  # under the lock, so acks leave in order
+                self._ready.append(self._tickets.popleft()[1])
+                moved = True
+        if moved:
+            self._notify()
+
+    def flush(self) -> int:
+        """Send every ready ack, oldest first (one thread calls this)."""
+        n = 0
+        while self._ready:
+            acks = self._ready.popleft()
+            self._send(acks)
+            n += len(acks)
+        return n
+
+    def drop_all(self) -> None:
+        with self._lock:
+            self._tickets.clear()
+            self._ready.clear()
 
     def pending(self) -> int:
         with self._lock:
-            return sum(len(t[1]) for t in self._tickets)
+            return sum(len(t[1]) for t in self._tickets) + sum(len(a) for a in self._ready)
 
 
 class Presence:
@@ -189,7 +211,7 @@ class MqttIngest:
                       "disconnects": 0, "append_errors": 0, "acks_dropped_reconnect": 0,
                       "offline_alarms": 0}
         self.last_error: str | None = None
-        self.acks = AckPipeline(self._send_acks)
+        self.acks = AckPipeline(self._send_acks, self._poke)
         self._client = self._make_client()
         self._worker: threading.Thread | None = None
         self._devices: dict[str, Device | None] = {}
@@ -248,6 +270,9 @@ class MqttIngest:
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self._inbox.append((self._gen, msg.mid, msg.qos, msg.topic, msg.payload, time.time_ns(),
                             time.monotonic()))
+        self._poke()
+
+    def _poke(self) -> None:
         if self._idle:
             self._idle = False
             self._wake.set()
@@ -295,13 +320,14 @@ class MqttIngest:
         next_flush = 0.0
         inbox = self._inbox
         while not self._stop.is_set():
-            if not inbox:
+            self.acks.flush()
+            if not inbox and not self.acks._ready:
                 self._idle = True
-                if not inbox:  # appended between the check and the flag: don't sleep on it
+                if not inbox and not self.acks._ready:  # arrived before the flag: don't sleep on it
                     self._wake.wait(0.25)
                 self._wake.clear()
                 self._idle = False
-            elif len(inbox) < self.batch_max:
+            elif inbox and len(inbox) < self.batch_max:
                 time.sleep(0.002)  # let a batch gather: fewer, larger appends and less GIL ping-pong
             batch = []
             while inbox and len(batch) < self.batch_max:
@@ -424,8 +450,7 @@ class MqttIngest:
         self.oplog.write("error", "mqtt_append_failed",
                          f"could not make MQTT messages durable ({error}); reconnecting so the broker "
                          "redelivers them", f"MQTT 消息写入失败（{error}），重连以便代理重发")
-        with self.acks._lock:
-            self.acks._tickets.clear()
+        self.acks.drop_all()
         sock = self._client.socket()
         if sock is not None:
             try:  # an abrupt close: paho's loop reconnects (with backoff), the broker redelivers
