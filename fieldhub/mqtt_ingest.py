@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -56,6 +57,10 @@ class MqttConfig:
     offline_after: dict[str, Duration] = field(default_factory=lambda: {"default": Duration(600)})
     #: where `fieldhub provision` keeps mosquitto.conf, password_file and acl_file ("" = <data_dir>/broker)
     broker_dir: str = ""
+    #: the hub process's Python thread switch interval while MQTT runs ("0" keeps Python's 5ms).
+    #: paho's receive thread, the ingest worker and the log writer hand each message over; a
+    #: shorter interval cuts how long each waits for the interpreter lock (p99 latency, see BENCHMARKS.md)
+    switch_interval: Duration = Duration(0.001)
 
     def validate(self) -> None:
         if self.broker:
@@ -290,6 +295,9 @@ class MqttIngest:
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        self._old_switch = sys.getswitchinterval()
+        if self.cfg.switch_interval > 0:
+            sys.setswitchinterval(float(self.cfg.switch_interval))
         self.state = MqttState(self.state_path)
         for dev, last, online, since, reason in self.state.load_presence():
             d = self.registry.get(dev)
@@ -312,6 +320,7 @@ class MqttIngest:
         self._flush_committed()
         self._save_presence(force=True)
         self.state.close()
+        sys.setswitchinterval(self._old_switch)
 
     # ---------------------------------------------------------------- the worker
     def _run(self) -> None:
