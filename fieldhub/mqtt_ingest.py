@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 from .config import Duration, Size
 from .errors import ConfigError, FieldhubError, TransportError
 from .log import DurableLog
+from .mqtt_client import BufferedClient
 from .mqtt_spec import SOURCE, UP_FILTER, Rejected, decode, is_will, parse_topic
 from .mqtt_state import STATE_FILE, MqttState
 from .oplog import OpLog
@@ -230,8 +231,8 @@ class MqttIngest:
     # ---------------------------------------------------------------- the paho client
     def _make_client(self) -> mqtt.Client:
         cid = self.cfg.client_id or f"fieldhub-{self.hub_id}"
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5,
-                        manual_ack=True)
+        c = BufferedClient(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5,
+                           manual_ack=True)
         if self.cfg.username:
             c.username_pw_set(self.cfg.username, self.cfg.password or None)
         if self.tls:
