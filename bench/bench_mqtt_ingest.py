@@ -147,14 +147,14 @@ def hub_rate(broker: Mosquitto, n: int, round_no: int, work: Path, store: bool) 
     return per / elapsed
 
 
-def latency(broker: Mosquitto, rate: float, seconds: float, work: Path) -> dict:
-    data = work / "lat"
+def latency(broker: Mosquitto, rate: float, seconds: float, work: Path, store: bool) -> dict:
+    data = work / f"lat-{store}"
     devices = 40
     reg = Registry(data / REGISTRY_FILE)
     for dev_id, kind in fleet_ids(devices, "lat"):
         reg.add(Device(dev_id, kind, "420102001001"))
     reg.close()
-    hub = make_hub(broker, data, store=True, cid="bench-lat")
+    hub = make_hub(broker, data, store=store, cid=f"bench-lat-{store}")
     mq = hub.components[-1]
     hub.start()
     _wait(lambda: mq.connected, 10)
@@ -168,6 +168,7 @@ def latency(broker: Mosquitto, rate: float, seconds: float, work: Path) -> dict:
     _wait(lambda: mq.acks.pending() == 0 and len(mq._inbox) == 0, 30)
     lat = sorted(mq.latencies)
     hub.stop()
+    end_session(broker.port, f"bench-lat-{store}")
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000  # noqa: E731
     return {"offered_msg_s": rate, "achieved_msg_s": sim["rate_msg_s"], "messages": len(lat),
             "p50_ms": round(q(0.50), 1), "p99_ms": round(q(0.99), 1), "max_ms": round(lat[-1] * 1000, 1)}
@@ -203,15 +204,16 @@ def main() -> None:
         # other work on a shared machine moves both sides; the ratio within a round is what holds
         ri = [x / y for x, y in zip(ingest, bare)]
         rh = [x / y for x, y in zip(full, bare)]
-        h = statistics.median(full)
-        lat = latency(broker, h / 2, args.latency_seconds, work)
+        lat_i = latency(broker, statistics.median(ingest) / 2, args.latency_seconds, work, store=False)
+        lat_h = latency(broker, statistics.median(full) / 2, args.latency_seconds, work, store=True)
         result = {"messages": args.messages, "rounds": args.rounds,
                   "bare_paho_msg_s": [round(x) for x in bare],
                   "hub_ingest_msg_s": [round(x) for x in ingest],
                   "hub_with_store_msg_s": [round(x) for x in full],
                   "ingest_ratio_median": round(statistics.median(ri), 3),
                   "with_store_ratio_median": round(statistics.median(rh), 3),
-                  "latency_at_half_rate_with_store": lat,
+                  "latency_at_half_rate_ingest": lat_i,
+                  "latency_at_half_rate_with_store": lat_h,
                   "load_average_1m": os.getloadavg()[0]}
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     finally:
