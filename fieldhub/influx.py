@@ -12,6 +12,7 @@ over the batches the server accepted, in order.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,6 +82,10 @@ class InfluxConfig:
     same_timestamp: str = "nudge"
     #: where a new influx cursor starts: "earliest" (everything in the log) or "latest"
     start: str = "earliest"
+    #: https: CA certificate file (PEM) to trust ("" = the system's CAs)
+    tls_ca: str = ""
+    #: https: verify the server's certificate (false only for testing)
+    tls_verify: bool = True
 
     def validate(self) -> None:
         if self.mode not in ("v1", "v2"):
@@ -99,6 +104,8 @@ class InfluxConfig:
             raise ValueError(f"same_timestamp {self.same_timestamp!r}: expected nudge or overwrite")
         if self.start not in ("earliest", "latest"):
             raise ValueError(f"start {self.start!r}: expected earliest or latest")
+        if self.tls_ca and not os.path.isfile(self.tls_ca):
+            raise ValueError(f"tls_ca {self.tls_ca!r}: no such file")
 
 
 def make_transport(cfg: InfluxConfig) -> Transport:
@@ -107,9 +114,10 @@ def make_transport(cfg: InfluxConfig) -> Transport:
     if cfg.mode == "v1":
         return V1Transport(cfg.url, cfg.database, retention_policy=cfg.retention_policy,
                            username=cfg.username, password=cfg.password, gzip_level=level,
-                           timeout=cfg.timeout, pool_size=pool, create_database=cfg.create_database)
+                           timeout=cfg.timeout, pool_size=pool, create_database=cfg.create_database,
+                           tls_ca=cfg.tls_ca, tls_verify=cfg.tls_verify)
     return V2Transport(cfg.url, cfg.token, cfg.org, cfg.bucket, gzip_level=level,
-                       timeout=cfg.timeout, pool_size=pool)
+                       timeout=cfg.timeout, pool_size=pool, tls_ca=cfg.tls_ca, tls_verify=cfg.tls_verify)
 
 
 #: a record as the sink holds it: a Record, or (priority, log body dict) straight from the log

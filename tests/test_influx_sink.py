@@ -295,3 +295,22 @@ def test_idle_sink_shows_whether_the_server_is_reachable(influxdb1: InfluxDB1, t
         finally:
             writer.stop()
     log.close()
+
+
+def test_v1_over_https_with_our_ca(tmp_path: Path) -> None:
+    server = InfluxDB1(tmp_path / "tls", tls=True).start()
+    try:
+        log = DurableLog(tmp_path / "log.db")
+        recs = records(300)
+        log.append(recs)
+        cfg = v1_config(server, tls_ca=str(server.cert))
+        writer = InfluxWriter(log, InfluxSink(make_transport(cfg), log, hub_id="veh-test"), cfg)
+        writer.start()
+        try:
+            drain(writer)
+        finally:
+            writer.stop()
+        check_v1(server, recs)
+        log.close()
+    finally:
+        server.stop()
