@@ -59,15 +59,19 @@ COMPONENTS: tuple[str, ...] = (
     "fieldhub.hub:build_store",
 
     # MQTT ingest, presence (issue 3)
+    "fieldhub.mqtt_ingest:build",
 
     # serial devices (issue 4)
+    "fieldhub.serial_ingest:build",
 
     # drones / MAVLink (issue 5)
+    "fieldhub.drones:build_drones",
 
     # InfluxDB sink (issue 6)
     "fieldhub.influx:build",
 
     # uplink (issue 7)
+    "fieldhub.uplink:build",
 )
 
 
