@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -307,6 +308,19 @@ class InfluxWriter:
 
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
+        """Run the loop; should anything unforeseen break it, say so and start it again."""
+        while not self._stop.is_set():
+            try:
+                self._loop()
+                return
+            except Exception as exc:  # noqa: BLE001 - the sink must outlive any one failure
+                self._failed(exc)
+                self.oplog.write("error", "influx_writer_restarted",
+                                 f"influx: writer loop failed ({exc!r}); restarting it in 5 s",
+                                 f"influx：写入循环出错（{exc!r}），5 秒后重启")
+                self._stop.wait(5.0)
+
+    def _loop(self) -> None:
         backoff = Backoff(self.cfg.retry_initial, self.cfg.retry_max)
         inflight: collections.deque[_Batch] = collections.deque()
         after = self.log.positions(NAME)
@@ -341,7 +355,12 @@ class InfluxWriter:
                 self._wait_first(inflight)
                 continue
             seen = self.log.last_seq
-            rows, top = read_rows(self.log, after, self.cfg.batch_size)
+            try:
+                rows, top = read_rows(self.log, after, self.cfg.batch_size)
+            except (sqlite3.Error, ValueError) as exc:  # a busy or damaged log: try again
+                self._failed(exc)
+                self._stop.wait(backoff.next())
+                continue
             if not rows:
                 pending_since = None
                 if inflight:
@@ -375,7 +394,7 @@ class InfluxWriter:
             return
         self._probed = now
         try:
-            self.sink.transport.ping()  # type: ignore[attr-defined]
+            self.sink.transport.ping()
             self.server = "reachable"
         except InfluxWriteError as exc:
             self.server = f"unreachable: {exc}"
@@ -386,8 +405,14 @@ class InfluxWriter:
         except TimeoutError:
             pass
 
+    def _commit(self, top: dict[int, int]) -> None:
+        try:
+            self.log.commit_cursor(NAME, top)
+        except Exception as exc:  # noqa: BLE001 - the batch is sent again later: idempotent
+            self._failed(exc)
+
     def _accepted(self, batch: _Batch) -> None:
-        self._committer.submit(self.log.commit_cursor, NAME, batch.top)
+        self._committer.submit(self._commit, batch.top)
         self._last_activity = time.monotonic()
         self.server = "reachable"
         self.written += batch.count

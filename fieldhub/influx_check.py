@@ -46,7 +46,7 @@ def check(cfg: InfluxConfig, hub_id: str = "hub", *, write: bool = True) -> dict
     try:
         started = time.monotonic()
         try:
-            info = transport.ping()  # type: ignore[attr-defined]
+            info = transport.ping()
         except InfluxWriteError as exc:
             steps.append(_step("connect", False, str(exc)))
             out["diagnosis"] = f"server unreachable at {cfg.url}: {exc.server_message}"
