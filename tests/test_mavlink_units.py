@@ -74,3 +74,19 @@ def test_cli_without_hub_or_without_mavlink(tmp_path: Path) -> None:
     assert "Example:" in help_text and "fieldhub drone uav-01 rtl" in help_text
     assert "Example:" in run_cli("sim", "drone", "--help", check=True).stdout
     assert "Example:" in run_cli("drones", "--help", check=True).stdout
+
+
+def test_telemetry_long_statustext_and_nan_fields() -> None:
+    from drivers.mavlink import Telemetry
+
+    t = Telemetry(lambda sysid: f"d{sysid}")
+    enc = new_parser(1, 1)
+    text = ("PreArm: " + "x" * 60 + " end").encode()
+    out = []
+    for seq, i in enumerate(range(0, len(text), 50)):
+        m = enc.statustext_encode(4, text[i:i + 50], 7, seq)
+        out += t.handle(new_parser().parse_buffer(bytes(m.pack(enc)))[0], 10**18 + seq)
+    assert [r.fields["text"] for r in out] == [text.decode()]
+    hud = new_parser().parse_buffer(bytes(enc.vfr_hud_encode(float("nan"), 3.0, 90, 40, 12.0, 0.5).pack(enc)))[0]
+    rec = t.handle(hud, 10**18)[0]
+    assert "airspeed_ms" not in rec.fields and rec.fields["groundspeed_ms"] == 3.0
