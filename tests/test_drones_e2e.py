@@ -169,3 +169,18 @@ command_timeout = "700ms"
     assert bad == 0 and {"HEARTBEAT", "GLOBAL_POSITION_INT", "COMMAND_ACK"} <= types
     summary = json.loads(run_cli("replay", "mavlink", str(tlogs[0]), "--summary", "--json", check=True).stdout)
     assert summary["bad_frames"] == 0 and summary["by_kind"]["position"] > 0
+
+
+def test_demo_flies_two_drones(tmp_path: Path) -> None:
+    data = tmp_path / "demo" / "data"
+    proc = run_cli("demo", "--seconds", "4", "--json", "--data-dir", str(data), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert set(summary["simulators"]["drones"]) == {"sysid 1", "sysid 2"}
+    q = run_cli("query", "position", "--data-dir", str(data), "--json", check=True)
+    devices = {json.loads(x)["device_id"] for x in q.stdout.splitlines()}
+    assert {"uav-01", "uav-02"} <= devices
+    q = run_cli("query", "presence", "--data-dir", str(data), "--json", check=True)
+    online = [json.loads(x) for x in q.stdout.splitlines()]
+    assert {r["device_id"] for r in online if r["fields"]["online"]} == {"uav-01", "uav-02"}
+    assert all(r["tags"].get("kind") == "drone" for r in online)  # registry tags on drone records
