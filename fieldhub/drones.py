@@ -20,6 +20,7 @@ from .records import Priority, Record
 SIGNING_EPOCH = 1420070400  # 2015-01-01 UTC; signing timestamps count 10 µs from here
 ALARM_EVERY_NS = 10 * 10**9
 QUARANTINE_PER_MIN = 30
+MAX_PEERS = 1024
 HUB_COMPONENT = mav.MAV_COMP_ID_MISSIONPLANNER
 _ID_HEARTBEAT = mav.MAVLINK_MSG_ID_HEARTBEAT
 _ID_COMMAND_ACK = mav.MAVLINK_MSG_ID_COMMAND_ACK
@@ -95,8 +96,11 @@ class DroneHub:
         self.oplog = oplog
         self.registry = registry
         self.keys, warnings = load_keys(cfg)
+        if mav.mcrf4xx is None:
+            warnings.append("fastcrc is not installed: MAVLink checksums run in pure Python at half speed "
+                            "(pip install fastcrc)")
         for w in warnings:
-            self._op("warning", "keystore_permissions", w, f"密钥文件权限过宽：{w}")
+            self._op("warning", "mavlink_setup", w, f"MAVLink 配置警告：{w}")
         self.ids = {int(k): v for k, v in cfg.drones.items()}
         self.drones: dict[int, Drone] = {}
         self._lock = threading.RLock()
@@ -196,9 +200,7 @@ class DroneHub:
         key = (id(ep), peer)
         records: list[Record] = []
         with self._lock:
-            parser = self._parsers.get(key)
-            if parser is None:
-                parser = self._parsers[key] = new_parser()
+            parser = self._parsers.get(key) or self._new_parser(key)
             msgs = parser.parse_buffer(data)
             if not msgs:
                 return
@@ -213,7 +215,10 @@ class DroneHub:
                 h = m._header
                 msgid = h.msgId
                 if msgid < 0:
-                    self._bad(ep, m) if msgid == BAD_DATA_ID else self._unknown(m)
+                    if msgid == BAD_DATA_ID:
+                        self._bad(ep, m)
+                    else:
+                        self._unknown(m)
                     continue
                 sysid = h.srcSystem
                 d = drones.get(sysid)
@@ -260,6 +265,13 @@ class DroneHub:
             self._forward(b"".join(forward))
         if records:
             self._append(records)
+
+    def _new_parser(self, key: tuple[int, Any]) -> Any:
+        """One pymavlink parser per (endpoint, peer); bounded, so spoofed source ports can't grow it."""
+        if len(self._parsers) >= MAX_PEERS:
+            self._parsers.pop(next(iter(self._parsers)))
+        p = self._parsers[key] = new_parser()
+        return p
 
     def _not_a_drone(self, sysid: int, msgid: int, m: Any) -> bool:
         """Ground stations (a GCS HEARTBEAT, or sysid 255 unless configured) and radios (RADIO_STATUS)
@@ -383,9 +395,7 @@ class DroneHub:
         key = (id(ep), peer)
         out: dict[tuple[int, Any], list[bytes]] = {}
         with self._lock:
-            parser = self._parsers.get(key)
-            if parser is None:
-                parser = self._parsers[key] = new_parser()
+            parser = self._parsers.get(key) or self._new_parser(key)
             for m in parser.parse_buffer(data) or ():
                 if m._header.msgId == BAD_DATA_ID:
                     self._bad(ep, m)

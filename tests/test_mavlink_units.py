@@ -90,3 +90,8 @@ def test_telemetry_long_statustext_and_nan_fields() -> None:
     hud = new_parser().parse_buffer(bytes(enc.vfr_hud_encode(float("nan"), 3.0, 90, 40, 12.0, 0.5).pack(enc)))[0]
     rec = t.handle(hud, 10**18)[0]
     assert "airspeed_ms" not in rec.fields and rec.fields["groundspeed_ms"] == 3.0
+
+
+def test_fastcrc_is_in_use() -> None:
+    """PITFALLS: pymavlink halves its speed without fastcrc, silently."""
+    assert mav.mcrf4xx is not None
