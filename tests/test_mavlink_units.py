@@ -95,3 +95,24 @@ def test_telemetry_long_statustext_and_nan_fields() -> None:
 def test_fastcrc_is_in_use() -> None:
     """PITFALLS: pymavlink halves its speed without fastcrc, silently."""
     assert mav.mcrf4xx is not None
+
+
+def test_keystore_keys_and_permissions(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from fieldhub import config as configmod
+    from fieldhub.drone_config import load_keys
+
+    ks = tmp_path / "drone-keys.toml"
+    ks.write_text('uav-01 = "' + "ab" * 32 + '"\nuav-02 = "county passphrase"\n')
+    os.chmod(ks, 0o600)
+    cfg = configmod.load(None, {"mavlink.keystore": str(ks),
+                                "mavlink.signing_keys": {"uav-01": "overridden", "uav-03": "inline"}}, env={})
+    keys, warnings = load_keys(cfg.mavlink)
+    assert keys["uav-01"] == bytes.fromhex("ab" * 32)  # the keystore wins over the inline key
+    assert keys["uav-02"] == hashlib.sha256(b"county passphrase").digest()
+    assert keys["uav-03"] == hashlib.sha256(b"inline").digest()
+    assert warnings == []
+    os.chmod(ks, 0o644)
+    assert "chmod 600" in load_keys(cfg.mavlink)[1][0]
