@@ -63,6 +63,8 @@ class Drone:
     last_heartbeat: float = 0.0
     autopilot: int | None = None
     vehicle_type: int | None = None
+    #: the autopilot's component id (commands go to it)
+    compid: int = 1
     mode: str = ""
     armed: bool = False
     tags: dict[str, str] = field(default_factory=dict)
@@ -327,7 +329,7 @@ class DroneHub:
             return  # a camera, gimbal or companion computer on the same system
         d.counts["heartbeats"] += 1
         d.last_heartbeat = time.monotonic()
-        d.autopilot, d.vehicle_type = m.autopilot, m.type
+        d.autopilot, d.vehicle_type, d.compid = m.autopilot, m.type, m._header.srcComponent
         d.armed = bool(m.base_mode & mav.MAV_MODE_FLAG_SAFETY_ARMED)
         if not d.online:
             d.online = True
@@ -456,7 +458,7 @@ class DroneHub:
         with self._lock:
             if d.link is None:
                 raise TransportError(f"{d.device_id} has no link yet / 无人机尚无链路")
-            msg = spec.encode(d.encoder, d.sysid, 1, confirmation)
+            msg = spec.encode(d.encoder, d.sysid, d.compid, confirmation)
             sync_signing_clock(d.encoder)
             buf = bytes(msg.pack(d.encoder))
             d.encoder.seq = (d.encoder.seq + 1) % 256

@@ -152,20 +152,28 @@ def test_wrong_key_on_hub_side_means_no_ack(make_hub) -> None:
         swarm.stop()
 
 
-def test_several_endpoints_tcp_both_ways_and_rate_limits(make_hub) -> None:
-    """tcpin and tcp endpoints at once, several drones per endpoint, positions limited to 2 Hz."""
+def test_several_endpoints_tcp_both_ways_udpout_and_rate_limits(make_hub) -> None:
+    """tcpin, tcp and udpout endpoints at once, several drones per endpoint, positions limited to 2 Hz."""
     tcpin_port = free_port()
     sim_listen = free_port()
+    udp_drone = free_udp_port()
     sim_b = DroneSwarm(1, f"tcpin:127.0.0.1:{sim_listen}", sysid_base=7, gps_loss=False, rate_hz=10)
     sim_b.start()
-    hub, drones = make_hub(endpoints=[f"tcpin:127.0.0.1:{tcpin_port}", f"tcp:127.0.0.1:{sim_listen}"])
+    # a drone listening on UDP (as SITL does) only talks once it has heard the hub's heartbeat
+    sim_c = DroneSwarm(1, f"udpin:127.0.0.1:{udp_drone}", sysid_base=9, gps_loss=False)
+    sim_c.start()
+    hub, drones = make_hub(endpoints=[f"tcpin:127.0.0.1:{tcpin_port}", f"tcp:127.0.0.1:{sim_listen}",
+                                      f"udpout:127.0.0.1:{udp_drone}"])
     sim_a = DroneSwarm(2, f"tcp:127.0.0.1:{tcpin_port}", sysid_base=3, gps_loss=False, rate_hz=10)
     sim_a.start()
     try:
-        wait_for(lambda: {d["sysid"] for d in drones.list() if d["online"]} == {3, 4, 7}, what="3 drones")
+        wait_for(lambda: {d["sysid"] for d in drones.list() if d["online"]} == {3, 4, 7, 9}, what="4 drones")
         links = {d["sysid"]: d["link"] for d in drones.list()}
         assert links[3] == links[4] == f"tcpin:127.0.0.1:{tcpin_port}"
         assert links[7] == f"tcp:127.0.0.1:{sim_listen}"
+        assert links[9] == f"udpout:127.0.0.1:{udp_drone}"
+        assert drones.command("drone-9", "mode", ["BRAKE"])["accepted"]
+        assert sim_c.drones[9].mode_name == "BRAKE"
         t0 = time.monotonic()
         time.sleep(3)
         assert drones.command("drone-7", "land")["accepted"]
@@ -176,6 +184,7 @@ def test_several_endpoints_tcp_both_ways_and_rate_limits(make_hub) -> None:
     finally:
         sim_a.stop()
         sim_b.stop()
+        sim_c.stop()
     recs = records(hub)
     pos = [r for r in recs if r.kind == "position" and r.device_id == "drone-3"]
     raw = drones.drones[3].rx
