@@ -59,8 +59,10 @@ COMPONENTS: tuple[str, ...] = (
     "fieldhub.hub:build_store",
 
     # MQTT ingest, presence (issue 3)
+    "fieldhub.mqtt_ingest:build",
 
     # serial devices (issue 4)
+    "fieldhub.serial_ingest:build",
 
     # drones / MAVLink (issue 5)
     "fieldhub.drones:build_drones",
@@ -69,6 +71,7 @@ COMPONENTS: tuple[str, ...] = (
     "fieldhub.influx:build",
 
     # uplink (issue 7)
+    "fieldhub.uplink:build",
 )
 
 
