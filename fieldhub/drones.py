@@ -145,7 +145,7 @@ class DroneHub:
             key = self.keys.get(device)
             d = Drone(sysid, device, key, signer(key, self.cfg.system_id, HUB_COMPONENT),
                       signer(key, self.cfg.system_id, HUB_COMPONENT))
-            tags = {"device_kind": "drone"}
+            tags = {"kind": "drone"}
             if self.registry is not None:
                 dev = self.registry.get(device)
                 if dev is not None:
@@ -349,8 +349,8 @@ class DroneHub:
             elif r.kind == "gps":
                 d.last["gps_fix"] = f["fix"]
 
-    def _presence(self, d: Drone, now: int, online: bool, reason: str) -> Record:
-        return Record.make("presence", d.device_id, now, {"online": online, "reason": reason},
+    def _presence(self, d: Drone, now: int, online: bool, reason: str, **extra: Any) -> Record:
+        return Record.make("presence", d.device_id, now, {"online": online, "reason": reason, **extra},
                            tags={**d.tags, "sysid": str(d.sysid)},
                            priority=Priority.TELEMETRY if online else Priority.ALARM,
                            source="mavlink", key=f"presence:{now}")
@@ -428,7 +428,9 @@ class DroneHub:
                 for d in self.drones.values():
                     if d.online and now_m - d.last_heartbeat > self.cfg.heartbeat_timeout:
                         d.online = False
-                        records.append(self._presence(d, time.time_ns(), False, "heartbeat timeout"))
+                        rec = self._presence(d, time.time_ns(), False, "heartbeat timeout",
+                                             silent_s=round(now_m - d.last_heartbeat, 1))
+                        records.append(rec)
                         self._op("warning", "drone_offline",
                                  f"drone {d.device_id} offline: no heartbeat for {self.cfg.heartbeat_timeout:g}s",
                                  f"无人机 {d.device_id} 离线：{self.cfg.heartbeat_timeout:g} 秒无心跳",
