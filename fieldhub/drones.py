@@ -14,7 +14,7 @@ from drivers.mavlink import BAD_DATA_ID, Telemetry, mav, new_parser
 from .drone_commands import ACTIONS, CommandRunner, CommandSpec, build
 from .drone_config import MavlinkConfig, load_keys
 from .errors import FieldhubError, StorageError, TransportError
-from .mavlink_endpoints import Endpoint, make_endpoint
+from .mavlink_endpoints import KINDS, Endpoint, make_endpoint
 from .records import Priority, Record
 
 SIGNING_EPOCH = 1420070400  # 2015-01-01 UTC; signing timestamps count 10 µs from here
@@ -103,7 +103,8 @@ class DroneHub:
                             "(pip install fastcrc)")
         for w in warnings:
             self._op("warning", "mavlink_setup", w, f"MAVLink 配置警告：{w}")
-        self.ids = {int(k): v for k, v in cfg.drones.items()}
+        reg_ids, reg_endpoints = from_registry(registry)
+        self.ids = {**reg_ids, **{int(k): v for k, v in cfg.drones.items()}}  # the config wins
         self.drones: dict[int, Drone] = {}
         self._lock = threading.RLock()
         self._parsers: dict[tuple[int, Any], Any] = {}
@@ -117,6 +118,8 @@ class DroneHub:
                                       system_id=cfg.system_id)
         self.endpoints = [make_endpoint(e, self.on_data, "drone", f"mavlink.endpoints[{i}]")
                           for i, e in enumerate(cfg.endpoints)]
+        self.endpoints += [make_endpoint(e, self.on_data, "drone", f"registry device {dev} transport.endpoint")
+                           for e, dev in reg_endpoints.items() if e not in cfg.endpoints]
         self.gcs = [make_endpoint(e, self.on_gcs_data, "gcs", f"mavlink.forward[{i}]")
                     for i, e in enumerate(cfg.forward)]
         self.stats = {"messages": 0, "bad_frames": 0, "records": 0, "dropped_unsigned": 0,
@@ -510,10 +513,28 @@ class DroneHub:
             self.oplog.write(level, event, en, zh, **extra)
 
 
+def from_registry(registry: Any) -> tuple[dict[int, str], dict[str, str]]:
+    """Drones registered with ``--transport '{"sysid": 1, "endpoint": "udpin:0.0.0.0:14550"}'``:
+    (sysid -> device id, endpoint -> first device naming it)."""
+    ids: dict[int, str] = {}
+    endpoints: dict[str, str] = {}
+    if registry is None:
+        return ids, endpoints
+    for dev in registry.all():
+        t = dev.transport or {}
+        sysid = t.get("sysid")
+        if isinstance(sysid, int) and 1 <= sysid <= 255:
+            ids[sysid] = dev.id
+        ep = t.get("endpoint")
+        if isinstance(ep, str) and ep.split(":", 1)[0] in KINDS and (sysid is not None or dev.kind == "drone"):
+            endpoints.setdefault(ep, dev.id)
+    return ids, endpoints
+
+
 def build_drones(ctx: Any) -> DroneHub | None:
-    """Hub component builder: None unless ``[mavlink] endpoints`` is set."""
+    """Hub component builder: None unless ``[mavlink] endpoints`` or a registered drone names one."""
     cfg: MavlinkConfig = ctx.config.mavlink
-    if not cfg.endpoints:
+    if not cfg.endpoints and not from_registry(ctx.registry)[1]:
         return None
     tlog_dir = Path(cfg.tlog_dir) if cfg.tlog_dir else ctx.data_dir / "tlog"
     return DroneHub(cfg, ctx.log, oplog=ctx.oplog, registry=ctx.registry, tlog_dir=tlog_dir,

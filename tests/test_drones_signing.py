@@ -261,3 +261,31 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="drone-1: empty signing key"):
         load_keys(cfg.mavlink)
+
+
+def test_drones_from_the_registry(tmp_path: Path) -> None:
+    """A drone registered with its transport (sysid, endpoint) needs no [mavlink] config at all."""
+    from fieldhub.registry import Device, Registry
+
+    port = free_udp_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    reg = Registry(data / "registry.db")
+    reg.add(Device("uav-hb-07", "drone", "420102001001", unit="county team",
+                   transport={"sysid": 5, "endpoint": f"udpin:127.0.0.1:{port}"}))
+    reg.close()
+    hub = Hub(configmod.load(None, {"hub.data_dir": str(data), "store.enabled": False}, env={}))
+    hub.start()
+    swarm = DroneSwarm(1, f"udpout:127.0.0.1:{port}", sysid_base=5, gps_loss=False)
+    swarm.start()
+    try:
+        drones = next(c for c in hub.components if c.name == "drones")
+        wait_for(lambda: any(d["device_id"] == "uav-hb-07" and d["online"] for d in drones.list()),
+                 what="registered drone online")
+        assert drones.command("uav-hb-07", "land")["accepted"]
+    finally:
+        swarm.stop()
+        recs = records(hub, "position")
+        hub.stop()
+    assert recs and recs[0].device_id == "uav-hb-07"
+    assert recs[0].tags["admin_code"] == "420102001001" and recs[0].tags["level"] == "village"
