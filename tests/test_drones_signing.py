@@ -254,6 +254,8 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
         configmod.load(None, {"mavlink.endpoints": ["udp:1.2.3.4:5"]}, env={})
     with pytest.raises(ConfigError, match="system id"):
         configmod.load(None, {"mavlink.drones": {"300": "x"}}, env={})
+    with pytest.raises(ConfigError, match="device id '../up'"):
+        configmod.load(None, {"mavlink.drones": {"3": "../up"}}, env={})
     ks = tmp_path / "keys.toml"
     ks.write_text('"drone-1" = ""\n')
     cfg = configmod.load(None, {"mavlink.keystore": str(ks)}, env={})
