@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from .errors import FieldhubError, HubNotRunning, TransportError
+from .errors import FieldhubError, TransportError
 
 SIM_KINDS = {"gnss": "simulators.gnss:GnssSim", "rdss": "simulators.rdss:RdssSim",
              "tiantong": "simulators.tiantong:TiantongSim", "ptz": "simulators.ptz:PtzSim",

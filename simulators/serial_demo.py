@@ -12,7 +12,6 @@ from .ptz import PtzSim
 from .rdss import RdssSim
 from .tiantong import TiantongSim
 
-FIXTURE = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "nmea" / "gpsd_beidou-bd.log"
 
 
 class SerialDemo:
