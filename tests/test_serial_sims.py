@@ -12,6 +12,7 @@ from fieldhub import config as configmod
 from fieldhub import control
 from fieldhub.errors import FieldhubError
 from fieldhub.hub import REGISTRY_FILE, STORE_FILE, Hub
+from fieldhub.records import Priority
 from fieldhub.registry import Device, Registry
 from fieldhub.store import LocalStore
 from simulators.dmr import DmrSim
@@ -189,3 +190,38 @@ def test_dmr_positions_and_text(rig: Rig) -> None:
     replies = wait_for(lambda: rig.records("dmr_text", "dmr-1"), what="text reply")
     assert replies[0].fields["text"] == "收到 / received" and replies[0].fields["dest_ip"] == "10.0.0.1"
     assert rig.sims["dmr-1"].texts_in
+
+
+@pytest.mark.parametrize("device", ["bd-1", "tt-1", "ptz-1", "dmr-1"])
+def test_every_family_survives_unplug_replug(rig: Rig, device: str) -> None:
+    """After a replug the session starts over (card query, ATE0 + poll, position poll) and data flows."""
+    sim = rig.sims[device]
+    before = rig.status()[device]
+    sim.unplug()
+    wait_for(lambda: not rig.status()[device]["connected"], what=f"{device} disconnect noticed")
+    sim.replug()
+    after = wait_for(lambda: (s := rig.status()[device])["connected"] and s["frames"] > before["frames"] and s,
+                     what=f"{device} data after replug")
+    assert after["opens"] == before["opens"] + 1
+    if device == "ptz-1":
+        assert rig.call("serial.ptz", {"command": {"cmd": "query_tilt"}})["axis"] == "tilt"
+
+
+def test_tiantong_registration_loss_is_an_alarm(tmp_path: Path) -> None:
+    from fieldhub.log import DurableLog
+    from fieldhub.serial_ingest import SerialPortConfig, open_port
+
+    log = DurableLog(tmp_path / "log.db")
+    with TiantongSim(loss_every=1.0, loss_for=1.0) as sim:
+        port = open_port(SerialPortConfig("tt-9", "tiantong", sim.path), log=log)
+        port.start()
+        try:
+            def states() -> list:
+                return [(e.record.fields["registered"], e.record.priority)
+                        for e in log.cursor("t").read(1000) if e.record.kind == "sat_registration"]
+            seen = wait_for(lambda: (s := states()) and any(not r for r, _ in s) and s[-1][0] and s,
+                            timeout=10, what="loss and recovery")
+        finally:
+            port.stop()
+            log.close()
+    assert (False, Priority.ALARM) in seen
