@@ -10,7 +10,7 @@ from typing import Any
 
 import drivers
 from drivers.base import Frame, ParseContext
-from drivers.transport import SerialTransport
+from drivers.transport import open_transport
 
 from . import profiles
 from .config import Duration
@@ -27,7 +27,8 @@ class SerialPortConfig:
     device_id: str = ""
     #: protocol driver: nmea, beidou_rdss, tiantong, dmr, pelco_d
     driver: str = ""
-    #: pyserial URL or path: /dev/ttyUSB0, /dev/serial/by-id/..., a pty path, socket://host:port
+    #: pyserial URL or path: /dev/ttyUSB0, /dev/serial/by-id/..., a pty path, socket://host:port;
+    #: udp://0.0.0.0:4001 listens for datagrams (Motorola LRRP)
     url: str = ""
     #: firmware profile ("" = the device's registry model, else the driver's generic profile)
     profile: str = ""
@@ -96,7 +97,7 @@ class Port:
         self.parser = self.driver.parser(profile)
         self.source = f"serial:{cfg.driver}"
         ser = profile.get("serial", {})
-        self.transport = SerialTransport(cfg.url, baud=cfg.baud or int(ser.get("baud", 9600)),
+        self.transport = open_transport(cfg.url, baud=cfg.baud or int(ser.get("baud", 9600)),
                                          bytesize=int(ser.get("bytesize", 8)), parity=str(ser.get("parity", "N")),
                                          stopbits=int(ser.get("stopbits", 1)),
                                          backoff_initial=float(settings.backoff_initial),

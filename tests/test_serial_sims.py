@@ -225,3 +225,33 @@ def test_tiantong_registration_loss_is_an_alarm(tmp_path: Path) -> None:
             port.stop()
             log.close()
     assert (False, Priority.ALARM) in seen
+
+
+def test_lrrp_over_udp(tmp_path: Path, fixtures_dir: Path) -> None:
+    """Motorola radios send LRRP as UDP datagrams: the dmr port can listen with udp://."""
+    import socket
+
+    from fieldhub.log import DurableLog
+    from fieldhub.serial_ingest import SerialPortConfig, open_port
+
+    docs = [bytes.fromhex(line.rsplit("|", 1)[1].strip()) for line in
+            (fixtures_dir / "vectors" / "dmr_location_vectors_ok-dmrlib.txt").read_text().splitlines()
+            if line.startswith("lrrp |")]
+    log = DurableLog(tmp_path / "log.db")
+    port = open_port(SerialPortConfig("radio-7", "dmr", "udp://127.0.0.1:0"), log=log)
+    port.start()
+    try:
+        wait_for(lambda: port.transport.bound_port, what="udp bound")
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for doc in docs:
+            tx.sendto(doc, ("127.0.0.1", port.transport.bound_port))
+        wait_for(lambda: port.status()["frames"] == len(docs), what="all LRRP documents")
+        port.write(bytes.fromhex("0F0622042468ACE0"))  # a stop request goes back to the radio
+        tx.settimeout(2)
+        assert tx.recvfrom(100)[0] == bytes.fromhex("0F0622042468ACE0")
+        tx.close()
+    finally:
+        port.stop()
+    recs = [e.record for e in log.cursor("t").read(100)]
+    log.close()
+    assert sum(1 for r in recs if r.kind == "position") == 4 and len(recs) == len(docs) == 8
