@@ -239,6 +239,30 @@ def register(main: click.Group, sim: click.Group) -> None:
         else:
             click.echo(f"sent to {res['number']} ({res['parts']} part(s), {res['mode']} mode) / 已发送")
 
+    # ------------------------------------------------------------------ dmr
+    @main.group()
+    def dmr() -> None:
+        """DMR radios (Hytera HDAP, Motorola LRRP): text messages."""
+
+    @dmr.command("text")
+    @click.argument("dest")
+    @click.argument("text")
+    @click.option("--src", default="0.0.0.0", show_default=True, help="Our radio address (Hytera id as IPv4).")
+    @click.option("--device", required=True, help="The hub's DMR port (device id).")
+    @hub_options
+    @json_option
+    @example("fieldhub dmr text 10.33.16.221 '请回报位置' --device dmr-1")
+    def dmr_text(cfg, dest, text, src, device, as_json) -> None:
+        """Send a text message to a radio through the hub's DMR gateway port (Hytera TMP)."""
+        from . import control
+
+        res = control.call(cfg.data_dir, "serial.send", {"device": device, "command": {
+            "cmd": "text", "dest": dest, "src": src, "text": text}})
+        if as_json:
+            emit_json(res)
+        else:
+            click.echo(f"sent {res['bytes']} bytes to {dest} via {res['device']} / 已发送")
+
     # ------------------------------------------------------------------ ptz
     @main.command("ptz")
     @click.argument("command", type=click.Choice(

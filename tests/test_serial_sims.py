@@ -255,3 +255,20 @@ def test_lrrp_over_udp(tmp_path: Path, fixtures_dir: Path) -> None:
     recs = [e.record for e in log.cursor("t").read(100)]
     log.close()
     assert sum(1 for r in recs if r.kind == "position") == 4 and len(recs) == len(docs) == 8
+
+
+def test_dmr_text_and_ptz_from_cli(rig: Rig, cli) -> None:
+    n = len(rig.sims["dmr-1"].texts_in)
+    proc = cli("dmr", "text", "10.33.16.221", "集合点：村委会", "--device", "dmr-1", "--data-dir", str(rig.data_dir),
+               "--json")
+    assert proc.returncode == 0, proc.stderr
+    wait_for(lambda: len(rig.sims["dmr-1"].texts_in) > n, what="text at the radio")
+    assert "集合点：村委会".encode("utf-16-le") in rig.sims["dmr-1"].texts_in[-1]
+    proc = cli("ptz", "set_tilt", "--value", "30", "--data-dir", str(rig.data_dir))
+    assert proc.returncode == 0, proc.stderr
+    import orjson
+
+    q = orjson.loads(cli("ptz", "query_tilt", "--data-dir", str(rig.data_dir), "--json", check=True).stdout)
+    assert q["value"] == 30.0
+    bad = cli("dmr", "text", "not-an-ip", "x", "--device", "dmr-1", "--data-dir", str(rig.data_dir))
+    assert bad.returncode == 1 and "IPv4" in bad.stderr and "Traceback" not in bad.stderr
