@@ -58,6 +58,7 @@ def register(main: click.Group, sim: click.Group) -> None:
 
     # ------------------------------------------------------------------ profiles
     @main.group()
+    @example("fieldhub profiles list\nfieldhub profiles show tiantong-pdu --json")
     def profiles() -> None:
         """Firmware profiles: one file per device model (固件配置), with `extends =`."""
 
@@ -167,6 +168,7 @@ def register(main: click.Group, sim: click.Group) -> None:
 
     # ------------------------------------------------------------------ bd send
     @main.group()
+    @example("fieldhub bd send 0242286 '请求支援' --json")
     def bd() -> None:
         """Beidou RDSS short messages (北斗短报文)."""
 
@@ -207,6 +209,7 @@ def register(main: click.Group, sim: click.Group) -> None:
 
     # ------------------------------------------------------------------ tiantong send
     @main.group()
+    @example("fieldhub tiantong send +8617400000001 '已到达现场'")
     def tiantong() -> None:
         """Tiantong-1 satellite terminal (天通卫星终端): SMS."""
 
@@ -241,6 +244,7 @@ def register(main: click.Group, sim: click.Group) -> None:
 
     # ------------------------------------------------------------------ dmr
     @main.group()
+    @example("fieldhub dmr text 10.33.16.221 '请回报位置' --device dmr-1")
     def dmr() -> None:
         """DMR radios (Hytera HDAP, Motorola LRRP): text messages."""
 

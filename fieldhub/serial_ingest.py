@@ -232,8 +232,16 @@ class SerialIngest:
         for p in self.ports.values():
             p.stop()
 
-    def status(self) -> dict[str, Any]:
+    def ports_status(self) -> dict[str, Any]:
         return {dev: p.status() for dev, p in self.ports.items()}
+
+    def status(self) -> dict[str, Any]:
+        """Scalars first (what `fieldhub status` prints on one line), then every port in detail."""
+        ports = self.ports_status()
+        down = [dev for dev, p in ports.items() if not p["connected"]]
+        return {"ports": len(ports), "connected": len(ports) - len(down), "down": ",".join(down) or "-",
+                "records": sum(p["records"] for p in ports.values()),
+                "bad_frames": sum(p["bad_frames"] for p in ports.values()), "detail": ports}
 
     def _port(self, args: dict[str, Any], kind: type) -> Port:
         dev = args.get("device")
@@ -287,7 +295,7 @@ def build(ctx: Any) -> SerialIngest | None:
     if not ports:
         return None
     comp = SerialIngest(ports)
-    ctx.control.register("serial.status", lambda args: comp.status())
+    ctx.control.register("serial.status", lambda args: comp.ports_status())
     ctx.control.register("serial.bd_send", comp.bd_send)
     ctx.control.register("serial.sms_send", comp.sms_send)
     ctx.control.register("serial.ptz", comp.ptz)
