@@ -165,6 +165,12 @@ class Port:
             except (ProtocolError, ValidationError) as exc:
                 self._bad(frame, str(exc))
                 continue
+            except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the port's reader
+                self.counts["parser_bugs"] += 1
+                self._bad(frame, f"parser bug: {type(exc).__name__}: {exc}")
+                self.note("serial_parser_bug", f"{self.cfg.driver} parser failed on a frame: {exc!r}",
+                          f"{self.cfg.driver} 解析器异常：{exc!r}", level="error")
+                continue
             self.counts["frames"] += 1
             out.extend(records)
             self.session.on_frame(frame, records)
