@@ -127,3 +127,15 @@ def test_sim_serial_prints_a_path_that_serves_nmea(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
     assert not link.exists()
+
+
+def test_demo_includes_serial_devices(cli, tmp_path: Path) -> None:
+    proc = cli("demo", "--seconds", "8", "--json", "--data-dir", str(tmp_path / "demo"), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    summary = orjson.loads(proc.stdout)
+    stored = summary["stored_by_kind"]
+    for kind in ("position", "gnss_sky", "bd_card", "bd_message", "sms", "sat_signal", "ptz_position"):
+        assert stored.get(kind, 0) > 0, (kind, stored)
+    serial_sum = summary["simulators"]["serial"]
+    assert serial_sum["actions"] == "bd_send ok, sms_send ok, ptz ok"
+    assert serial_sum["bd messages sent"] == 1 and serial_sum["sms sent"] == 1
