@@ -470,16 +470,19 @@ def demo(seconds, data_dir, as_json) -> None:
 # and adds one line in its slot below.
 
 # MQTT: quarantine readmit, provision, sim village (issue 3)
+__import__("fieldhub.cli_mqtt").cli_mqtt.register(main, sim)
 
 # serial: profiles, sim serial, bd/tiantong send (issue 4)
 __import__("fieldhub.cli_serial").cli_serial.register(main, sim)
 
 # drones: drone, sim drone (issue 5)
+__import__("fieldhub.cli_mavlink").cli_mavlink.register(main, sim)
 
 # InfluxDB: influx check (issue 6)
 __import__("fieldhub.cli_influx").cli_influx.register(main, sim)
 
 # uplink: uplink status, sim link, center (issue 7)
+from fieldhub.cli_uplink import register as _register_uplink; _register_uplink(main, sim)  # noqa: E402,E702
 
 
 if __name__ == "__main__":

@@ -381,11 +381,28 @@ def pack_tlog(ts_us: int, packet: bytes) -> bytes:
     return struct.pack(">Q", ts_us) + packet
 
 
+def encode_command(command: Mapping[str, Any]) -> bytes:
+    """One operator command as MAVLink bytes, for the dispatcher: ``{"action": "rtl",
+    "target_system": 1, "args": [...], "source_system": 254, "confirmation": 0,
+    "autopilot": 3, "vehicle_type": 2}`` (autopilot/vehicle type name the mode table for
+    ``mode``; ArduCopter by default). Unsigned; the hub signs for drones with keys."""
+    from fieldhub.drone_commands import build
+
+    spec = build(str(command["action"]), [str(a) for a in command.get("args") or []],
+                 int(command.get("autopilot", mavlink2.MAV_AUTOPILOT_ARDUPILOTMEGA)),
+                 int(command.get("vehicle_type", mavlink2.MAV_TYPE_QUADROTOR)))
+    enc = new_parser(int(command.get("source_system", 254)), mavlink2.MAV_COMP_ID_MISSIONPLANNER)
+    msg = spec.encode(enc, int(command["target_system"]), int(command.get("target_component", 1)),
+                      int(command.get("confirmation", 0)))
+    return bytes(msg.pack(enc))
+
+
 DRIVER = Driver(
     name="mavlink",
     summary="MAVLink 1/2 drones (pymavlink, ardupilotmega dialect); .tlog captures",
     framer=MavFramer,
     parser=MavParser,
     read_capture=read_capture,
-    simulator="simulators.drone:DroneSim",
+    simulator="simulators.drone:DroneSwarm",
+    encoder=encode_command,
 )

@@ -19,16 +19,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
+import orjson
+
 from .config import Duration
 from .consumer import Backoff
 from .influx_http import InfluxWriteError, Transport, V1Transport, V2Transport
 from .lineproto import SAME_TS_POLICIES, Encoder
-from .log import DurableLog, Entry
+from .log import DurableLog
 from .oplog import OpLog
 from .records import Priority, Record
 
 NAME = "influx"
 QUARANTINE_COUNTER = "influx_quarantined"
+#: seconds between idle health probes (GET /ping) when there is nothing to write
+PROBE_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,8 @@ class InfluxConfig:
 
     #: server URL, e.g. http://127.0.0.1:8086 ("" = no InfluxDB sink)
     url: str = ""
-    #: "v2": the v2 write API via influxdb-client (InfluxDB 2.x/3.x, 1.8+, VictoriaMetrics); "v1": POST /write (InfluxDB 1.x)
+    #: "v2": the v2 write API via influxdb-client (InfluxDB 2.x/3.x, 1.8+, VictoriaMetrics);
+    #: "v1": POST /write (InfluxDB 1.x)
     mode: str = "v2"
     #: v2: API token
     token: str = ""
@@ -71,7 +76,8 @@ class InfluxConfig:
     retry_initial: Duration = Duration(0.5)
     #: longest retry delay
     retry_max: Duration = Duration(60.0)
-    #: two records of one series at the same timestamp: "nudge" keeps both (offset below the timestamp's precision), "overwrite" keeps the last
+    #: two records of one series at the same timestamp: "nudge" keeps both (offset below the
+    #: timestamp's precision), "overwrite" keeps the last
     same_timestamp: str = "nudge"
     #: where a new influx cursor starts: "earliest" (everything in the log) or "latest"
     start: str = "earliest"
@@ -106,6 +112,39 @@ def make_transport(cfg: InfluxConfig) -> Transport:
                        timeout=cfg.timeout, pool_size=pool)
 
 
+#: a record as the sink holds it: a Record, or (priority, log body dict) straight from the log
+Ref = Any
+
+
+def _record_of(ref: Ref) -> Record:
+    if isinstance(ref, Record):
+        return ref
+    prio, d = ref
+    return Record(d["k"], d["d"], d["t"], d["f"], d["g"], Priority(prio), d["s"], d["i"])
+
+
+def read_rows(log: DurableLog, after: dict[int, int],
+              limit: int) -> tuple[list[tuple[int, dict]], dict[int, int]]:
+    """Like ``Cursor.read`` (most urgent class first, oldest first, past ``after``) but returns
+    ``(priority, body)`` pairs without building Record objects — the sink's hot path, where
+    building them cost a third of the time — and the last seq read per class. Reads the
+    log's own table and body format (``fieldhub.log``)."""
+    db = log._reader()
+    loads = orjson.loads
+    out: list[tuple[int, dict]] = []
+    top: dict[int, int] = {}
+    for prio in Priority:
+        if len(out) >= limit:
+            break
+        p = int(prio)
+        rows = db.execute("SELECT seq, body FROM log WHERE prio=? AND seq>? ORDER BY seq LIMIT ?",
+                          (p, after.get(p, 0), limit - len(out))).fetchall()
+        if rows:
+            out += [(p, loads(body)) for _, body in rows]
+            top[p] = rows[-1][0]
+    return out, top
+
+
 class InfluxSink:
     """A Sink (see ``fieldhub.consumer``): ``write`` returns once every record is in InfluxDB
     or quarantined; raises InfluxWriteError for "nothing certain, retry"."""
@@ -124,46 +163,69 @@ class InfluxSink:
         self._lock = threading.Lock()
         self._tags_at = time.monotonic()
 
-    def encode(self, records: Sequence[Record]) -> list[tuple[Record, bytes]]:
-        """Lines for the records; a record with nothing writable is quarantined here."""
+    def _refresh_tags(self) -> None:
         now = time.monotonic()
         if now - self._tags_at > 60:  # device tags may have changed in the registry
             self.encoder.forget()
             self._tags_at = now
+
+    def encode(self, records: Sequence[Record]) -> list[tuple[Ref, bytes]]:
+        """Lines for the records; a record with nothing writable is quarantined here."""
+        self._refresh_tags()
         out = []
         for r in records:
-            if r.id in self._recent_bad:
-                continue
-            line = self.encoder.encode(r)
-            if line is None:
-                self._quarantine(r, repr(dict(r.fields)).encode(), "no field InfluxDB can store "
-                                 "(only inf values) / 没有可写入的字段", 0)
-                continue
-            out.append((r, line))
+            line = self.encoder.line(r.kind, r.device_id, r.ts, r.fields, r.tags, r.id)
+            self._keep(out, r, r.id, line)
         return out
+
+    def encode_rows(self, rows: Sequence[tuple[int, dict]]) -> list[tuple[Ref, bytes]]:
+        """Lines for rows from ``read_rows`` (the hot path)."""
+        self._refresh_tags()
+        out: list[tuple[Ref, bytes]] = []
+        line_of = self.encoder.line
+        bad = self._recent_bad
+        for ref in rows:
+            d = ref[1]
+            line = line_of(d["k"], d["d"], d["t"], d["f"], d["g"], d["i"])
+            if line is None or (bad and d["i"] in bad):
+                self._keep(out, ref, d["i"], line)
+            else:
+                out.append((ref, line))
+        return out
+
+    def _keep(self, out: list, ref: Ref, rid: str, line: bytes | None) -> None:
+        if rid in self._recent_bad:
+            return
+        if line is None:
+            r = _record_of(ref)
+            self._quarantine(ref, orjson.dumps(dict(r.fields)), "no field InfluxDB can store "
+                             "(only inf/nan values) / 没有可写入的字段", 0)
+            return
+        out.append((ref, line))
 
     def write(self, records: Sequence[Record]) -> None:
         self.send(self.encode(records))
 
-    def send(self, items: Sequence[tuple[Record, bytes]]) -> None:
+    def send(self, items: Sequence[tuple[Ref, bytes]]) -> None:
         """Post lines; on a data rejection split until the bad points are isolated."""
         if not items:
             return
         try:
             self.requests += 1
-            self.transport.post(b"\n".join(line for _, line in items))
+            self.transport.post(b"\n".join([line for _, line in items]))
         except InfluxWriteError as exc:
             if not exc.rejected:
                 raise
             if len(items) == 1:
-                record, line = items[0]
-                self._quarantine(record, line, exc.server_message, exc.status)
+                ref, line = items[0]
+                self._quarantine(ref, line, exc.server_message, exc.status)
                 return
             mid = len(items) // 2
             self.send(items[:mid])
             self.send(items[mid:])
 
-    def _quarantine(self, record: Record, line: bytes, message: str, status: int) -> None:
+    def _quarantine(self, ref: Ref, line: bytes, message: str, status: int) -> None:
+        record = _record_of(ref)
         with self._lock:
             if record.id in self._recent_bad:
                 return
@@ -183,7 +245,8 @@ class InfluxSink:
 
 @dataclass
 class _Batch:
-    entries: list[Entry]
+    top: dict[int, int]
+    count: int
     future: Future
 
 
@@ -206,6 +269,8 @@ class InfluxWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="influx-post")
+        # cursor commits wait for an fsync: done in order on their own thread, off the hot path
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-commit")
         self.written = 0
         self.batches = 0
         self.errors = 0
@@ -215,6 +280,9 @@ class InfluxWriter:
         self.failing_since: float | None = None
         self._failures = 0
         self._last_warned = 0.0
+        self._probed = self._last_activity = time.monotonic() - PROBE_INTERVAL  # probe at start
+        #: what the last idle probe (GET /ping) found; writes update it too
+        self.server = "not yet contacted"
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -226,6 +294,7 @@ class InfluxWriter:
         if self._thread is not None:
             self._thread.join()
         self._pool.shutdown(wait=True)
+        self._committer.shutdown(wait=True)
         self.sink.close()
 
     # ------------------------------------------------------------------ the loop
@@ -240,12 +309,13 @@ class InfluxWriter:
                 batch = inflight.popleft()
                 exc = batch.future.exception()
                 if exc is None:
-                    self._accepted(batch.entries)
+                    self._accepted(batch)
                     backoff.reset()
                     continue
                 for other in inflight:  # let later batches finish; they are sent again (idempotent)
                     other.future.exception()
                 inflight.clear()
+                self._committer.submit(lambda: None).result()  # earlier commits are durable
                 after = self.log.positions(NAME)
                 self._failed(exc)
                 delay = backoff.next()
@@ -257,44 +327,50 @@ class InfluxWriter:
                 for batch in inflight:  # finish what is in flight; commit the accepted prefix
                     if batch.future.exception() is not None:
                         break
-                    self._accepted(batch.entries)
+                    self._accepted(batch)
                 return
             if len(inflight) >= self.cfg.concurrency:
                 self._wait_first(inflight)
                 continue
-            entries = self.cursor.read(self.cfg.batch_size, after=after)
-            if not entries:
+            seen = self.log.last_seq
+            rows, top = read_rows(self.log, after, self.cfg.batch_size)
+            if not rows:
                 pending_since = None
                 if inflight:
                     self._wait_first(inflight)
                 else:
-                    self.cursor.wait(0.5)
+                    self._probe_if_idle()
+                    self.log.wait_for_data(seen, 0.5)
                 continue
-            if len(entries) < self.cfg.batch_size and not self._urgent(entries):
+            if len(rows) < self.cfg.batch_size and rows[0][0] > int(Priority.COMMAND):
                 now = time.monotonic()
                 if pending_since is None:
                     pending_since = now
                 if now - pending_since < self.cfg.batch_time:
-                    # let a partial batch fill, unless the server is idle and data is old enough
-                    self._stop.wait(min(self.cfg.batch_time - (now - pending_since), 0.25))
+                    # let a partial batch fill for up to batch_time (alarms and commands go at once)
+                    self._stop.wait(self.cfg.batch_time - (now - pending_since))
                     continue
             pending_since = None
             try:
-                items = self.sink.encode([e.record for e in entries])
+                items = self.sink.encode_rows(rows)
             except Exception as exc:  # noqa: BLE001 - e.g. the log refused a quarantine: retry later
                 self._failed(exc)
                 self._stop.wait(backoff.next())
                 continue
-            future = self._pool.submit(self.sink.send, items)
-            inflight.append(_Batch(entries, future))
-            for e in entries:
-                p = int(e.record.priority)
-                if e.seq > after.get(p, 0):
-                    after[p] = e.seq
+            after.update(top)
+            inflight.append(_Batch(top, len(rows), self._pool.submit(self.sink.send, items)))
 
-    @staticmethod
-    def _urgent(entries: Sequence[Entry]) -> bool:
-        return any(e.record.priority <= Priority.COMMAND for e in entries)
+    def _probe_if_idle(self) -> None:
+        """With nothing to write, ping the server now and then so status shows an outage early."""
+        now = time.monotonic()
+        if now - self._probed < PROBE_INTERVAL or now - self._last_activity < PROBE_INTERVAL:
+            return
+        self._probed = now
+        try:
+            self.sink.transport.ping()  # type: ignore[attr-defined]
+            self.server = "reachable"
+        except InfluxWriteError as exc:
+            self.server = f"unreachable: {exc}"
 
     def _wait_first(self, inflight: collections.deque[_Batch]) -> None:
         try:
@@ -302,9 +378,11 @@ class InfluxWriter:
         except TimeoutError:
             pass
 
-    def _accepted(self, entries: list[Entry]) -> None:
-        self.cursor.commit(entries)
-        self.written += len(entries)
+    def _accepted(self, batch: _Batch) -> None:
+        self._committer.submit(self.log.commit_cursor, NAME, batch.top)
+        self._last_activity = time.monotonic()
+        self.server = "reachable"
+        self.written += batch.count
         self.batches += 1
         self.last_success = time.time_ns()
         if self.failing_since is not None:
@@ -322,6 +400,8 @@ class InfluxWriter:
         self._failures += 1
         self.last_error = str(exc)
         self.last_error_at = time.time_ns()
+        self._last_activity = time.monotonic()
+        self.server = f"write failing: {exc}"
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
@@ -344,6 +424,7 @@ class InfluxWriter:
             "mode": self.sink.transport.mode,
             "target": self.sink.transport.target,
             "state": state,
+            "server": self.server,
             "backlog": sum(by_class.values()),
             "written": self.written,
             "batches": self.batches,

@@ -18,6 +18,8 @@ class InfluxWriteError(TransportError):
 
     def __init__(self, message: str, *, status: int = 0, retry_after: float | None = None) -> None:
         self.status, self.retry_after = status, retry_after
+        if len(message) > 1000:  # InfluxDB quotes the whole offending line
+            message = message[:1000] + "…"
         self.server_message = message
         super().__init__(f"HTTP {status}: {message}" if status else message)
 
@@ -147,24 +149,31 @@ class V2Transport:
     def __init__(self, url: str, token: str, org: str, bucket: str, *, gzip_level: int = 0,
                  timeout: float = 10.0, pool_size: int = 4) -> None:
         from influxdb_client import InfluxDBClient
-        from influxdb_client.client.write_api import SYNCHRONOUS
+        from influxdb_client.service.write_service import WriteService
 
         self.base = url.rstrip("/")
         self.org, self.bucket = org, bucket
         self.target = f"{org}/{bucket}" if org else bucket
+        # gzip is done here at our level (the client's own gzip is level 9: slow for big batches)
         self.client = InfluxDBClient(url=self.base, token=token or None, org=org or None,
-                                     timeout=int(timeout * 1000), enable_gzip=bool(gzip_level),
+                                     timeout=int(timeout * 1000), enable_gzip=False,
                                      retries=False, connection_pool_maxsize=pool_size)
-        self.api = self.client.write_api(write_options=SYNCHRONOUS)
+        self.service = WriteService(self.client.api_client)
+        self.gzip_level = gzip_level
         self.timeout = timeout
 
     def post(self, body: bytes) -> None:
         from influxdb_client.domain.write_precision import WritePrecision
         from influxdb_client.rest import ApiException
 
+        extra = {}
+        if self.gzip_level:
+            body = gzip.compress(body, self.gzip_level)
+            extra["content_encoding"] = "gzip"
         try:
-            self.api.write(bucket=self.bucket, org=self.org or None, record=body,
-                           write_precision=WritePrecision.NS)
+            self.service.post_write(org=self.org or "-", bucket=self.bucket, body=body,
+                                    precision=WritePrecision.NS,
+                                    content_type="text/plain; charset=utf-8", **extra)
         except ApiException as exc:
             raise InfluxWriteError(_message(exc.body, exc.headers) or str(exc.reason), status=exc.status or 0,
                                    retry_after=_retry_after(exc.headers)) from None

@@ -83,50 +83,63 @@ class Encoder:
         self.hub_id = hub_id
         self.nudge = same_timestamp == "nudge"
         self.tags_for = tags_for
-        self._series: dict[tuple, str] = {}
+        self._series: dict[tuple[str, str], tuple[dict, str]] = {}
         self._fkeys: dict[str, str] = {}
 
     def forget(self) -> None:
         """Drop cached series keys (device tags may have changed)."""
         self._series.clear()
 
-    def series_key(self, record: Record) -> str:
-        tags = record.tags
-        key = (record.kind, record.device_id, tuple(tags.items()) if tags else ())
+    def series_key(self, kind: str, device_id: str, tags: Mapping[str, str]) -> str:
+        """Escaped ``measurement,tag=value,...`` for a record, cached per kind and device."""
+        key = (kind, device_id)
         cached = self._series.get(key)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] == tags:
+            return cached[1]
         merged: dict[str, str] = {}
         if self.tags_for is not None:
-            merged.update({k: v for k, v in self.tags_for(record.device_id).items() if v})
+            merged.update({k: v for k, v in self.tags_for(device_id).items() if v})
         merged.update({k: str(v) for k, v in tags.items() if v not in ("", None)})
-        merged["device_id"] = record.device_id
+        merged["device_id"] = device_id
         if self.hub_id:
             merged.setdefault("hub", self.hub_id)
-        parts = [escape_measurement(record.kind)]
+        parts = [escape_measurement(kind)]
         for k in sorted(merged):
             parts.append(f"{escape_key(k)}={escape_key(merged[k])}")
         text = ",".join(parts)
         if len(self._series) > 100_000:
             self._series.clear()
-        self._series[key] = text
+        self._series[key] = (dict(tags), text)
         return text
 
     def encode(self, record: Record) -> bytes | None:
         """One line (no newline), or None when the record has no writable field."""
-        fields = []
+        return self.line(record.kind, record.device_id, record.ts, record.fields, record.tags, record.id)
+
+    def line(self, kind: str, device_id: str, ts: int, fields: Mapping[str, object],
+             tags: Mapping[str, str], record_id: str) -> bytes | None:
+        """The hot path (the sink calls it for every record): one line, or None if nothing is writable."""
+        out = []
         fkeys = self._fkeys
-        for name, value in record.fields.items():
-            v = format_field(value)
-            if v is None:
-                continue
+        for name, v in fields.items():
             k = fkeys.get(name)
             if k is None:
+                if len(fkeys) > 10_000:
+                    fkeys.clear()
                 k = fkeys[name] = escape_key(name)
-            fields.append(f"{k}={v}")
-        if not fields:
+            t = type(v)
+            if t is float:
+                if v - v != 0:  # inf or nan: line protocol has no way to say it
+                    continue
+                out.append(f"{k}={v!r}")
+            elif t is int:
+                out.append(f"{k}={v}i")
+            else:
+                text = format_field(v)
+                if text is not None:
+                    out.append(f"{k}={text}")
+        if not out:
             return None
-        ts = record.ts
-        if self.nudge:
-            ts += nudge(record.id, ts)
-        return f"{self.series_key(record)} {','.join(fields)} {ts}".encode()
+        if self.nudge and not ts % 1000:
+            ts += nudge(record_id, ts)
+        return f"{self.series_key(kind, device_id, tags)} {','.join(out)} {ts}".encode()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from fieldhub.records import Record
 from tests.conftest import ROOT, fieldhub_cmd, run_cli
 from tests.influx_servers import InfluxDB1, influxdb1  # noqa: F401
 from tests.test_influx_sink import check_v1, records
@@ -62,9 +63,13 @@ retry_max = "1s"
 """)
     from fieldhub.log import DurableLog
 
+    # a registered device whose record carries no tags: the sink fills them from the registry
+    run_cli("devices", "add", "rg-9", "--kind", "rain_gauge", "--admin-code", "420102001002",
+            "--data-dir", str(data_dir), check=True)
     log = DurableLog(data_dir / "log.db", hub_id="veh-test")
     sent = records(N)
     log.append(sent)
+    log.append([Record.make("rain", "rg-9", sent[0].ts, {"mm": 0.5}, source="test")])
     log.close()
 
     hub = start_hub(config, tmp_path / "hub.log")
@@ -79,7 +84,7 @@ retry_max = "1s"
             hub.kill()
     at_kill = influx_count(influxdb1)
     committed = cursor_seq(data_dir)
-    assert 0 < committed < N and at_kill < N, (committed, at_kill)
+    assert 0 < committed < N and at_kill < N + 1, (committed, at_kill)
     assert at_kill >= committed  # the cursor never runs ahead of what the server holds
 
     hub = start_hub(config, tmp_path / "hub.log")
@@ -97,11 +102,15 @@ retry_max = "1s"
         influx = status["components"]["influx"]
         assert influx["backlog"] == 0 and influx["state"] == "ok" and influx["last_success"] != "-"
         # what the new process wrote covers everything past the cursor at the kill
-        assert influx["written"] == N - committed
+        assert influx["written"] == N + 1 - committed
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(30) == 0
     finally:
         if hub.poll() is None:
             hub.kill()
     check_v1(influxdb1, sent)
-    assert cursor_seq(data_dir) == N
+    assert cursor_seq(data_dir) == N + 1
+    rain = influxdb1.rows('SELECT "mm", "kind", "level", "county", "admin_code", "hub" FROM rain', "fieldhub")
+    assert len(rain) == 1 and rain[0]["mm"] == 0.5
+    assert (rain[0]["kind"], rain[0]["level"], rain[0]["county"], rain[0]["admin_code"], rain[0]["hub"]) == \
+        ("rain_gauge", "village", "420102", "420102001002", "veh-test")

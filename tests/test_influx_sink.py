@@ -202,3 +202,96 @@ def test_type_conflict_quarantines_only_the_bad_points(influxdb1: InfluxDB1, tmp
     assert "is type string, already exists as type float" in by_id[batch[80].id]["reason"]
     assert log.counters()[QUARANTINE_COUNTER] == 2
     log.close()
+
+
+def test_batches_by_size_and_time_alarms_at_once(influxdb1: InfluxDB1, tmp_path: Path) -> None:
+    log = DurableLog(tmp_path / "log.db")
+    cfg = v1_config(influxdb1, batch_size=200, batch_time=2.0)
+    writer = InfluxWriter(log, InfluxSink(make_transport(cfg), log, hub_id="veh-test"), cfg)
+    writer.start()
+    try:
+        t0 = time.monotonic()
+        log.append(records(10))  # a partial batch waits for batch_time
+        time.sleep(0.8)
+        assert writer.status()["written"] == 0
+        deadline = time.monotonic() + 20
+        while writer.status()["written"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert writer.status()["written"] == 10 and time.monotonic() - t0 >= 2.0
+        alarm = Record.make("hub_alarm", "veh-test", time.time_ns(), {"event": "flood"},
+                            priority=Priority.ALARM, source="test")
+        t1 = time.monotonic()
+        log.append([alarm])  # an alarm does not wait
+        while writer.status()["written"] < 11 and time.monotonic() - t1 < 20:
+            time.sleep(0.01)
+        assert writer.status()["written"] == 11 and time.monotonic() - t1 < 1.5
+        t2 = time.monotonic()
+        log.append(records(200, start=10))  # a full batch does not wait either
+        while writer.status()["written"] < 211 and time.monotonic() - t2 < 20:
+            time.sleep(0.01)
+        assert writer.status()["written"] == 211 and time.monotonic() - t2 < 1.5
+    finally:
+        writer.stop()
+    assert influxdb1.rows("SELECT count(seq) FROM water_level", "fieldhub")[0]["count"] == 210
+    assert influxdb1.rows('SELECT "event" FROM hub_alarm', "fieldhub")[0]["event"] == "flood"
+    log.close()
+
+
+def test_retries_through_5xx_and_a_hung_server(influxdb1: InfluxDB1, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    influxdb1.query("CREATE DATABASE fieldhub")
+    log = DurableLog(tmp_path / "log.db")
+    cfg = v1_config(influxdb1, retention_policy="later", timeout=0.5, batch_size=300)
+    writer = InfluxWriter(log, InfluxSink(make_transport(cfg), log, hub_id="veh-test"), cfg)
+    t0 = (time.time_ns() // 1_000_000 - 600_000) * 1_000_000
+    first = records(600, t0=t0)
+    log.append(first)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 20
+        while writer.status()["errors"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status = writer.status()  # a real 500 from InfluxDB: retention policy not found
+        assert "HTTP 500" in status["last_error"] and "retention policy not found" in status["last_error"]
+        assert status["written"] == 0 and status["quarantined"] == 0
+        influxdb1.query('CREATE RETENTION POLICY "later" ON "fieldhub" DURATION 1d REPLICATION 1')
+        drain(writer)
+        errors = writer.status()["errors"]
+        os.kill(influxdb1.proc.pid, signal.SIGSTOP)  # the server hangs: requests time out
+        try:
+            second = records(600, start=600, t0=t0)
+            log.append(second)
+            deadline = time.monotonic() + 20
+            while writer.status()["errors"] < errors + 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert "timed out" in writer.status()["last_error"]
+        finally:
+            os.kill(influxdb1.proc.pid, signal.SIGCONT)
+        drain(writer)
+        assert writer.status()["state"] == "ok"
+    finally:
+        writer.stop()
+    got = influxdb1.rows('SELECT count(seq) FROM "fieldhub"."later"."water_level"', "fieldhub")
+    assert got[0]["count"] == 1200
+    log.close()
+
+
+def test_idle_sink_shows_whether_the_server_is_reachable(influxdb1: InfluxDB1, tmp_path: Path) -> None:
+    from fieldhub.mosquitto import free_port
+
+    log = DurableLog(tmp_path / "log.db")
+    for url, expect in ((f"http://127.0.0.1:{free_port()}", "unreachable: connection refused"),
+                        (influxdb1.url, "reachable")):
+        cfg = InfluxConfig(url=url, mode="v1")
+        writer = InfluxWriter(log, InfluxSink(make_transport(cfg), log), cfg)
+        writer.start()
+        try:
+            deadline = time.monotonic() + 10
+            while writer.status()["server"] == "not yet contacted" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert writer.status()["server"].startswith(expect)
+        finally:
+            writer.stop()
+    log.close()
