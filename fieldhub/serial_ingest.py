@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -109,6 +110,8 @@ class Port:
         self.errors: Counter[str] = Counter()
         self.limit = RateLimit(settings.quarantine_per_minute)
         self.last_record_ns = 0
+        #: when set, the device's tags are looked up again at every (re)connect
+        self.registry: Any = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -139,6 +142,7 @@ class Port:
         self.counts[{"connected": "connects", "disconnected": "disconnects_seen"}.get(state, state)] += 1
         if state == "connected":
             self.note("serial_connected", f"port {detail} open", f"串口 {detail} 已打开", level="info")
+            self._refresh_tags()
             self.framer = self.driver.framer()  # a replugged device starts a fresh stream
             self.session.task("connected")
         elif state == "disconnected":
@@ -147,6 +151,18 @@ class Port:
         elif state == "open_failed":
             self.note("serial_open_failed", f"cannot open {self.cfg.url}: {detail}; retrying",
                       f"无法打开 {self.cfg.url}：{detail}，重试中")
+
+    def _refresh_tags(self) -> None:
+        """A device registered (or moved) while the hub runs gets its tags at the next connect."""
+        if self.registry is None:
+            return
+        try:
+            dev = self.registry.get(self.device_id)
+        except sqlite3.Error as exc:
+            self.note("serial_registry", f"registry lookup failed: {exc}", f"设备登记查询失败：{exc}")
+            return
+        if dev is not None:
+            self.tags = dev.tags()
 
     # -- the data path (reader thread)
     def on_data(self, data: bytes) -> None:
@@ -219,7 +235,9 @@ def open_port(cfg: SerialPortConfig, *, log: Any, oplog: Any = None, registry: A
         profile = profiles.for_port(cfg.driver, cfg.profile or (model if model in profiles.names() else ""))
     except ConfigError as exc:
         raise ConfigError(str(exc), key=f"serial.ports[{cfg.device_id}].profile") from None
-    return Port(cfg, log=log, oplog=oplog, tags=tags, profile=profile, settings=settings)
+    port = Port(cfg, log=log, oplog=oplog, tags=tags, profile=profile, settings=settings)
+    port.registry = registry
+    return port
 
 
 class SerialIngest:

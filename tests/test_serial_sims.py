@@ -275,3 +275,18 @@ def test_dmr_text_and_ptz_from_cli(rig: Rig, cli) -> None:
     assert q["value"] == 30.0
     bad = cli("dmr", "text", "not-an-ip", "x", "--device", "dmr-1", "--data-dir", str(rig.data_dir))
     assert bad.returncode == 1 and "IPv4" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_device_registered_while_running_gets_tags_at_reconnect(rig: Rig) -> None:
+    """ptz-1 was not registered when the hub started; after the operator adds it, the next
+    (re)connect picks up its tags."""
+    reg = Registry(rig.data_dir / REGISTRY_FILE)
+    reg.add(Device("ptz-1", "ptz", "420102001000", model="pelco-d-generic"))
+    reg.close()
+    rig.sims["ptz-1"].unplug()
+    wait_for(lambda: not rig.status()["ptz-1"]["connected"], what="ptz down")
+    rig.sims["ptz-1"].replug()
+    wait_for(lambda: rig.status()["ptz-1"]["connected"], what="ptz up")
+    recs = wait_for(lambda: [r for r in rig.records("ptz_position", "ptz-1") if r.tags.get("level") == "township"],
+                    what="tagged ptz records")
+    assert recs[0].tags["admin_code"] == "420102001000"
