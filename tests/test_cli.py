@@ -184,3 +184,6 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert sum(summary["stored_by_kind"].values()) > 0
     assert summary["stored_by_kind"].get("vehicle_power", 0) >= 5
+    # status of a stopped hub's data dir names the hub that ran there
+    st = json.loads(run_cli("status", "--json", "--data-dir", summary["data_dir"], check=True).stdout)
+    assert st["hub_id"] == "demo-vehicle" and st["running"] is False
