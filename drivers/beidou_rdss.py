@@ -126,6 +126,12 @@ class RdssParser:
                            source=ctx.source or SOURCE, key=key)
 
     def parse(self, frame: Frame, ctx: ParseContext) -> list[Record]:
+        try:
+            return self._parse(frame, ctx)
+        except (IndexError, ValueError) as exc:
+            raise ProtocolError(f"RDSS sentence not understood: {exc}", device=ctx.device_id) from None
+
+    def _parse(self, frame: Frame, ctx: ParseContext) -> list[Record]:
         f = split_fields(frame.raw)
         addr = _s(f[0])
         stype = addr[2:]

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from fieldhub.records import Priority, Record, stable_id
 
 from .base import Driver, Frame, ParseContext
-from .sentence import SentenceFramer, read_text_capture, sentence, split_fields
+from .sentence import SentenceFramer, read_text_capture, sentence
 
 SOURCE = "serial:nmea"
 

@@ -6,7 +6,7 @@ import hashlib
 import re
 from typing import Any, Mapping
 
-from fieldhub.errors import ProtocolError, ValidationError
+from fieldhub.errors import ValidationError
 from fieldhub.records import Priority, Record
 
 from .base import Driver, Frame, ParseContext
@@ -120,6 +120,9 @@ class TiantongParser:
         if self._pending is not None and not line.startswith(b"+") and line not in FINAL:
             pending, self._pending = self._pending, None
             return self._sms_body(pending, line, ctx)
+        if line == b"NO CARRIER":
+            self._pending = None
+            return [self._rec("sat_call", ctx, {"state": "ended"}, key=f"END:{seq}", priority=Priority.COMMAND)]
         if line in FINAL or line in (b">",):
             self._pending = None
             return []
@@ -171,8 +174,6 @@ class TiantongParser:
             if m.group(6):
                 fields["number"] = m.group(6).decode(errors="replace")
             return [self._rec("sat_call", ctx, fields, key=f"CLCC:{seq}", priority=Priority.COMMAND)]
-        if line in (b"NO CARRIER",):
-            return [self._rec("sat_call", ctx, {"state": "ended"}, key=f"END:{seq}", priority=Priority.COMMAND)]
         return []  # echoes, OK, vendor lines: nothing to record
 
     def _sms_body(self, pending: tuple[str, ...], line: bytes, ctx: ParseContext) -> list[Record]:

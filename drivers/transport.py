@@ -125,3 +125,96 @@ class SerialTransport:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+
+class DatagramTransport:
+    """``udp://HOST:PORT``: listen for datagrams (Motorola LRRP arrives on UDP 4001); each datagram
+    is fed whole to the framer. Writes go to the last peer heard from (e.g. a location request)."""
+
+    def __init__(self, url: str, *, on_state: Callable[[str, str], None] | None = None,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0, **_: Any) -> None:
+        import socket
+
+        self.url = url
+        rest = url[len("udp://"):]
+        host, _, port = rest.rpartition(":")
+        try:
+            self.addr = (host.strip("[]") or "0.0.0.0", int(port))
+        except ValueError:
+            raise TransportError(f"{url}: expected udp://HOST:PORT") from None
+        self._socket_mod = socket
+        self.backoff = Backoff(backoff_initial, backoff_max)
+        self.on_state = on_state or (lambda state, detail: None)
+        self._sock: Any = None
+        self._peer: tuple[str, int] | None = None
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self.stats = {"opens": 0, "open_failures": 0, "disconnects": 0, "bytes_in": 0, "bytes_out": 0}
+        self.last_error = ""
+
+    def run(self, on_data: Callable[[bytes], None], on_idle: Callable[[], None] | None = None) -> None:
+        socket = self._socket_mod
+        while not self._stop.is_set():
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(self.addr)
+                sock.settimeout(0.2)
+            except OSError as exc:
+                self.stats["open_failures"] += 1
+                self.last_error = str(exc)
+                self.on_state("open_failed", self.last_error)
+                self._stop.wait(self.backoff.next())
+                continue
+            self.backoff.reset()
+            self.stats["opens"] += 1
+            self._sock = sock
+            self.connected.set()
+            self.on_state("connected", self.url)
+            try:
+                while not self._stop.is_set():
+                    try:
+                        data, peer = sock.recvfrom(65535)
+                    except socket.timeout:
+                        if on_idle is not None:
+                            on_idle()
+                        continue
+                    self._peer = peer
+                    self.stats["bytes_in"] += len(data)
+                    on_data(data)
+            except OSError as exc:
+                self.last_error = str(exc)
+                self.stats["disconnects"] += 1
+                self.on_state("disconnected", self.last_error)
+            finally:
+                self.connected.clear()
+                self._sock = None
+                sock.close()
+
+    @property
+    def bound_port(self) -> int:
+        return self._sock.getsockname()[1] if self._sock is not None else 0
+
+    def write(self, data: bytes) -> None:
+        sock, peer = self._sock, self._peer
+        if sock is None or peer is None:
+            raise TransportError(f"{self.url}: no radio heard from yet, nowhere to send / 尚未收到电台数据")
+        try:
+            sock.sendto(data, peer)
+        except OSError as exc:
+            raise TransportError(f"send to {peer} failed: {exc}") from exc
+        self.stats["bytes_out"] += len(data)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+
+def open_transport(url: str, **kw: Any) -> "SerialTransport | DatagramTransport":
+    """``udp://`` listens for datagrams; everything else is a pyserial URL or path."""
+    if url.startswith("udp://"):
+        return DatagramTransport(url, **kw)
+    return SerialTransport(url, **kw)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from .errors import FieldhubError, HubNotRunning, TransportError
+from .errors import FieldhubError, TransportError
 
 SIM_KINDS = {"gnss": "simulators.gnss:GnssSim", "rdss": "simulators.rdss:RdssSim",
              "tiantong": "simulators.tiantong:TiantongSim", "ptz": "simulators.ptz:PtzSim",
@@ -58,6 +58,7 @@ def register(main: click.Group, sim: click.Group) -> None:
 
     # ------------------------------------------------------------------ profiles
     @main.group()
+    @example("fieldhub profiles list\nfieldhub profiles show tiantong-pdu --json")
     def profiles() -> None:
         """Firmware profiles: one file per device model (固件配置), with `extends =`."""
 
@@ -167,6 +168,7 @@ def register(main: click.Group, sim: click.Group) -> None:
 
     # ------------------------------------------------------------------ bd send
     @main.group()
+    @example("fieldhub bd send 0242286 '请求支援' --json")
     def bd() -> None:
         """Beidou RDSS short messages (北斗短报文)."""
 
@@ -207,6 +209,7 @@ def register(main: click.Group, sim: click.Group) -> None:
 
     # ------------------------------------------------------------------ tiantong send
     @main.group()
+    @example("fieldhub tiantong send +8617400000001 '已到达现场'")
     def tiantong() -> None:
         """Tiantong-1 satellite terminal (天通卫星终端): SMS."""
 
@@ -238,6 +241,31 @@ def register(main: click.Group, sim: click.Group) -> None:
             emit_json(res)
         else:
             click.echo(f"sent to {res['number']} ({res['parts']} part(s), {res['mode']} mode) / 已发送")
+
+    # ------------------------------------------------------------------ dmr
+    @main.group()
+    @example("fieldhub dmr text 10.33.16.221 '请回报位置' --device dmr-1")
+    def dmr() -> None:
+        """DMR radios (Hytera HDAP, Motorola LRRP): text messages."""
+
+    @dmr.command("text")
+    @click.argument("dest")
+    @click.argument("text")
+    @click.option("--src", default="0.0.0.0", show_default=True, help="Our radio address (Hytera id as IPv4).")
+    @click.option("--device", required=True, help="The hub's DMR port (device id).")
+    @hub_options
+    @json_option
+    @example("fieldhub dmr text 10.33.16.221 '请回报位置' --device dmr-1")
+    def dmr_text(cfg, dest, text, src, device, as_json) -> None:
+        """Send a text message to a radio through the hub's DMR gateway port (Hytera TMP)."""
+        from . import control
+
+        res = control.call(cfg.data_dir, "serial.send", {"device": device, "command": {
+            "cmd": "text", "dest": dest, "src": src, "text": text}})
+        if as_json:
+            emit_json(res)
+        else:
+            click.echo(f"sent {res['bytes']} bytes to {dest} via {res['device']} / 已发送")
 
     # ------------------------------------------------------------------ ptz
     @main.command("ptz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -10,7 +11,7 @@ from typing import Any
 
 import drivers
 from drivers.base import Frame, ParseContext
-from drivers.transport import SerialTransport
+from drivers.transport import open_transport
 
 from . import profiles
 from .config import Duration
@@ -27,7 +28,8 @@ class SerialPortConfig:
     device_id: str = ""
     #: protocol driver: nmea, beidou_rdss, tiantong, dmr, pelco_d
     driver: str = ""
-    #: pyserial URL or path: /dev/ttyUSB0, /dev/serial/by-id/..., a pty path, socket://host:port
+    #: pyserial URL or path: /dev/ttyUSB0, /dev/serial/by-id/..., a pty path, socket://host:port;
+    #: udp://0.0.0.0:4001 listens for datagrams (Motorola LRRP)
     url: str = ""
     #: firmware profile ("" = the device's registry model, else the driver's generic profile)
     profile: str = ""
@@ -96,7 +98,7 @@ class Port:
         self.parser = self.driver.parser(profile)
         self.source = f"serial:{cfg.driver}"
         ser = profile.get("serial", {})
-        self.transport = SerialTransport(cfg.url, baud=cfg.baud or int(ser.get("baud", 9600)),
+        self.transport = open_transport(cfg.url, baud=cfg.baud or int(ser.get("baud", 9600)),
                                          bytesize=int(ser.get("bytesize", 8)), parity=str(ser.get("parity", "N")),
                                          stopbits=int(ser.get("stopbits", 1)),
                                          backoff_initial=float(settings.backoff_initial),
@@ -108,6 +110,8 @@ class Port:
         self.errors: Counter[str] = Counter()
         self.limit = RateLimit(settings.quarantine_per_minute)
         self.last_record_ns = 0
+        #: when set, the device's tags are looked up again at every (re)connect
+        self.registry: Any = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -138,6 +142,7 @@ class Port:
         self.counts[{"connected": "connects", "disconnected": "disconnects_seen"}.get(state, state)] += 1
         if state == "connected":
             self.note("serial_connected", f"port {detail} open", f"串口 {detail} 已打开", level="info")
+            self._refresh_tags()
             self.framer = self.driver.framer()  # a replugged device starts a fresh stream
             self.session.task("connected")
         elif state == "disconnected":
@@ -146,6 +151,18 @@ class Port:
         elif state == "open_failed":
             self.note("serial_open_failed", f"cannot open {self.cfg.url}: {detail}; retrying",
                       f"无法打开 {self.cfg.url}：{detail}，重试中")
+
+    def _refresh_tags(self) -> None:
+        """A device registered (or moved) while the hub runs gets its tags at the next connect."""
+        if self.registry is None:
+            return
+        try:
+            dev = self.registry.get(self.device_id)
+        except sqlite3.Error as exc:
+            self.note("serial_registry", f"registry lookup failed: {exc}", f"设备登记查询失败：{exc}")
+            return
+        if dev is not None:
+            self.tags = dev.tags()
 
     # -- the data path (reader thread)
     def on_data(self, data: bytes) -> None:
@@ -163,6 +180,12 @@ class Port:
                 records = self.parser.parse(frame, ctx)
             except (ProtocolError, ValidationError) as exc:
                 self._bad(frame, str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the port's reader
+                self.counts["parser_bugs"] += 1
+                self._bad(frame, f"parser bug: {type(exc).__name__}: {exc}")
+                self.note("serial_parser_bug", f"{self.cfg.driver} parser failed on a frame: {exc!r}",
+                          f"{self.cfg.driver} 解析器异常：{exc!r}", level="error")
                 continue
             self.counts["frames"] += 1
             out.extend(records)
@@ -212,7 +235,9 @@ def open_port(cfg: SerialPortConfig, *, log: Any, oplog: Any = None, registry: A
         profile = profiles.for_port(cfg.driver, cfg.profile or (model if model in profiles.names() else ""))
     except ConfigError as exc:
         raise ConfigError(str(exc), key=f"serial.ports[{cfg.device_id}].profile") from None
-    return Port(cfg, log=log, oplog=oplog, tags=tags, profile=profile, settings=settings)
+    port = Port(cfg, log=log, oplog=oplog, tags=tags, profile=profile, settings=settings)
+    port.registry = registry
+    return port
 
 
 class SerialIngest:
@@ -231,8 +256,16 @@ class SerialIngest:
         for p in self.ports.values():
             p.stop()
 
-    def status(self) -> dict[str, Any]:
+    def ports_status(self) -> dict[str, Any]:
         return {dev: p.status() for dev, p in self.ports.items()}
+
+    def status(self) -> dict[str, Any]:
+        """Scalars first (what `fieldhub status` prints on one line), then every port in detail."""
+        ports = self.ports_status()
+        down = [dev for dev, p in ports.items() if not p["connected"]]
+        return {"ports": len(ports), "connected": len(ports) - len(down), "down": ",".join(down) or "-",
+                "records": sum(p["records"] for p in ports.values()),
+                "bad_frames": sum(p["bad_frames"] for p in ports.values()), "detail": ports}
 
     def _port(self, args: dict[str, Any], kind: type) -> Port:
         dev = args.get("device")
@@ -286,7 +319,7 @@ def build(ctx: Any) -> SerialIngest | None:
     if not ports:
         return None
     comp = SerialIngest(ports)
-    ctx.control.register("serial.status", lambda args: comp.status())
+    ctx.control.register("serial.status", lambda args: comp.ports_status())
     ctx.control.register("serial.bd_send", comp.bd_send)
     ctx.control.register("serial.sms_send", comp.sms_send)
     ctx.control.register("serial.ptz", comp.ptz)

@@ -23,7 +23,7 @@ from .conftest import ROOT, fieldhub_cmd
 
 @pytest.fixture
 def hub_with_sims(tmp_path: Path) -> Iterator[tuple[Path, RdssSim, TiantongSim]]:
-    rdss = RdssSim(interval=2).start()
+    rdss = RdssSim(interval=4).start()  # long enough that a CLI start-up under load stays inside it
     tt = TiantongSim().start()
     data = tmp_path / "data"
     cfg = tmp_path / "fieldhub.toml"
@@ -70,7 +70,7 @@ def test_bd_and_sms_from_cli_through_hub(cli, hub_with_sims) -> None:
     res = orjson.loads(second.stdout)
     assert res["waited_s"] > 0 and rdss.refused == 0
     assert [m["text"] for m in rdss.sent] == ["水位超警戒，请求支援", "second"]
-    assert rdss.sent[1]["at"] - rdss.sent[0]["at"] >= 2.0 - 0.05  # the card's interval, kept by the hub
+    assert rdss.sent[1]["at"] - rdss.sent[0]["at"] >= 4.0 - 0.05  # the card's interval, kept by the hub
     long_text = "天通卫星短信：指挥车已抵达灾区，北斗与天通链路正常，请各乡镇每小时报告一次。" * 3
     sms = cli("tiantong", "send", tt.own_number, long_text, "--data-dir", str(data), "--json")
     assert sms.returncode == 0, sms.stderr
@@ -78,7 +78,7 @@ def test_bd_and_sms_from_cli_through_hub(cli, hub_with_sims) -> None:
     assert out["mode"] == "pdu" and out["parts"] == 2
     assert tt.sent[-1]["text"] == long_text
     # the loopback arrives in the inbox, the hub reads both parts and stores one joined SMS
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while True:
         q = cli("query", "sms", "--data-dir", str(data), "--json")
         texts = [orjson.loads(line)["fields"]["text"] for line in q.stdout.splitlines() if line.strip()]
@@ -127,3 +127,15 @@ def test_sim_serial_prints_a_path_that_serves_nmea(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
     assert not link.exists()
+
+
+def test_demo_includes_serial_devices(cli, tmp_path: Path) -> None:
+    proc = cli("demo", "--seconds", "8", "--json", "--data-dir", str(tmp_path / "demo"), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    summary = orjson.loads(proc.stdout)
+    stored = summary["stored_by_kind"]
+    for kind in ("position", "gnss_sky", "bd_card", "bd_message", "sms", "sat_signal", "ptz_position"):
+        assert stored.get(kind, 0) > 0, (kind, stored)
+    serial_sum = summary["simulators"]["serial"]
+    assert serial_sum["actions"] == "bd_send ok, sms_send ok, ptz ok"
+    assert serial_sum["bd messages sent"] == 1 and serial_sum["sms sent"] == 1

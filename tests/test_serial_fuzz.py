@@ -97,3 +97,56 @@ def test_oversized_lines_are_bounded(family: str) -> None:
     assert bad >= 1
     out = framer.feed(b"\r\n" + GOOD[family][0])
     assert any(f.ok for f in out)
+
+
+# --------------------------------------------------------------------------- structured fuzzing
+# Frames with valid checksums and random contents reach the parsers, which may only answer with
+# records or a ProtocolError.
+_field = st.one_of(st.text(alphabet="0123456789.-+ENSWAVMKT", max_size=12), st.just(""),
+                   st.binary(max_size=8).map(lambda b: b.hex()))
+
+
+@fast
+@given(talker=st.sampled_from(["GP", "GL", "GA", "BD", "GB", "GN", "GY", "P"]),
+       stype=st.sampled_from(["GGA", "GNS", "RMC", "GSA", "GSV", "VTG", "ZDA", "GLL", "GST", "TXT", "XYZ"]),
+       fields=st.lists(_field, max_size=22))
+def test_nmea_parser_on_random_valid_sentences(talker: str, stype: str, fields: list[str]) -> None:
+    frame = sentence(",".join([talker + stype, *fields]))
+    run("nmea", [frame])
+
+
+@fast
+@given(stype=st.sampled_from(["ICI", "ICP", "TXR", "FKI", "BSI", "TXA", "SNR"]),
+       prefix=st.sampled_from(["BD", "CC"]), fields=st.lists(_field, max_size=24))
+def test_rdss_parser_on_random_valid_sentences(stype: str, prefix: str, fields: list[str]) -> None:
+    run("beidou_rdss", [sentence(",".join([prefix + stype, *fields]))])
+
+
+@fast
+@given(lines=st.lists(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+                      .map(lambda t: t.encode()), max_size=10),
+       heads=st.lists(st.sampled_from([b"+CSQ: ", b"+CREG: ", b"+CMTI: ", b'+CMGR: "REC READ","1",,"x"',
+                                       b"+CMGR: 0,,", b"+CLCC: ", b"+CLIP: ", b"+CMGS: "]), max_size=10))
+def test_tiantong_parser_on_random_lines(lines: list[bytes], heads: list[bytes]) -> None:
+    stream = b"".join(h + ln + b"\r\n" for h, ln in zip(heads, lines + [b""] * len(heads)))
+    run("tiantong", [stream])
+
+
+@fast
+@given(header=st.sampled_from([0x08, 0x09, 0x02, 0x11]), opcode=st.sampled_from([0xA002, 0xB002, 0xC003, 0x00A1, 0x1234]),
+       payload=st.binary(max_size=80), lrrp=st.binary(max_size=40), doc=st.sampled_from([0x07, 0x0D, 0x13, 0x09]))
+def test_dmr_parser_on_random_valid_frames(header: int, opcode: int, payload: bytes, lrrp: bytes, doc: int) -> None:
+    from drivers.dmr import hdap_message
+
+    body = b"\x22\x01\x01" + lrrp
+    run("dmr", [hdap_message(header, opcode, payload), bytes((doc, len(body))) + body])
+
+
+@fast
+@given(frames=st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255),
+                                 st.integers(0, 255), st.integers(0, 255)), max_size=20))
+def test_pelco_parser_on_random_valid_frames(frames: list) -> None:
+    from drivers.pelco_d import frame_d
+
+    good, bad = run("pelco_d", [b"".join(frame_d(*f) for f in frames)])
+    assert good + bad >= len(frames)
