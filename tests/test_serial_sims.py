@@ -319,3 +319,14 @@ def test_capture_replayed_through_pty_in_split_pieces(tmp_path: Path, fixtures_d
     log.close()
     assert st["frames"] == expected["frames"] == 882 and st["bad_frames"] == 0
     assert st["records"] == expected["records"]
+
+
+def test_tiantong_call_state(rig: Rig) -> None:
+    sim = rig.sims["tt-1"]
+    sim.ring("+8613900000000")
+    calls = wait_for(lambda: [r.fields for r in rig.records("sat_call", "tt-1") if r.fields.get("number")],
+                     what="incoming call records")
+    assert calls[0] == {"state": "incoming", "number": "+8613900000000"}
+    rig.call("serial.send", {"device": "tt-1", "command": {"at": "ATH"}})
+    wait_for(lambda: any(r.fields["state"] == "ended" for r in rig.records("sat_call", "tt-1")), what="call ended")
+    assert sim.call is None
