@@ -230,9 +230,11 @@ def open_port(cfg: SerialPortConfig, *, log: Any, oplog: Any = None, registry: A
     dev = registry.get(cfg.device_id) if registry is not None else None
     if dev is not None:
         tags = dev.tags()
-        model = dev.model
+        # the registry model picks the profile only when it is a profile of this port's driver
+        if dev.model in profiles.names() and profiles.load(dev.model)["family"] == cfg.driver:
+            model = dev.model
     try:
-        profile = profiles.for_port(cfg.driver, cfg.profile or (model if model in profiles.names() else ""))
+        profile = profiles.for_port(cfg.driver, cfg.profile or model)
     except ConfigError as exc:
         raise ConfigError(str(exc), key=f"serial.ports[{cfg.device_id}].profile") from None
     port = Port(cfg, log=log, oplog=oplog, tags=tags, profile=profile, settings=settings)
