@@ -205,7 +205,8 @@ class Port:
 
     def _bad(self, frame: Frame, reason: str) -> None:
         self.counts["bad_frames"] += 1
-        self.errors[reason[:60]] += 1
+        key = reason[:60]
+        self.errors[key if key in self.errors or len(self.errors) < 32 else "other"] += 1  # bounded
         if self.limit.allow():
             self.counts["quarantined"] += 1
             self.log.quarantine(self.source, reason, frame.raw, device_id=self.device_id,
