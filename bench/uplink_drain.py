@@ -27,7 +27,7 @@ from fieldhub.mosquitto import Mosquitto, free_port  # noqa: E402
 from fieldhub.uplink import Uplink  # noqa: E402
 from fieldhub.uplink_config import LinkConfig, UplinkConfig, parse_rate  # noqa: E402
 from simulators.link import LinkEmulator, LinkSpec  # noqa: E402
-from simulators.uplink_load import village_telemetry  # noqa: E402
+from simulators.uplink_load import drone_positions, village_telemetry  # noqa: E402
 
 
 def raw_tcp_rate(spec: LinkSpec, nbytes: int) -> float:
@@ -53,25 +53,14 @@ def raw_tcp_rate(spec: LinkSpec, nbytes: int) -> float:
         return nbytes * 8 / (time.monotonic() - t - spec.latency)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=int, default=200_000)
-    ap.add_argument("--bandwidth", default="512kbit")
-    ap.add_argument("--latency", default="300ms")
-    ap.add_argument("--batch-time", type=float, default=0.5)
-    ap.add_argument("--window", type=int, default=6)
-    a = ap.parse_args()
-    bps, lat = parse_rate(a.bandwidth), float(parse_duration(a.latency))
-    spec = LinkSpec(latency=lat, bandwidth=bps)
+def drain(name: str, recs: list, a: argparse.Namespace, bps: float, lat: float, spec: LinkSpec) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="fh-bench-drain-"))
     broker = Mosquitto(tmp / "broker").start()
     # the center is on the far side of the link: its own process, as in the field
-    worker = subprocess.Popen([sys.executable, "-m", "cli", "center", "run", "--broker", broker.url,
-                               "--data-dir", str(tmp / "center"), "--worker", "bench"],
-                              cwd=ROOT, stderr=subprocess.DEVNULL)
+    workers = [subprocess.Popen([sys.executable, "-m", "cli", "center", "run", "--broker", broker.url,
+                                 "--data-dir", str(tmp / "center"), "--worker", f"bench{i}"],
+                                cwd=ROOT, stderr=subprocess.DEVNULL) for i in range(a.workers)]
     log = DurableLog(tmp / "hub" / "log.db")
-    stations = 20
-    recs = village_telemetry(stations, a.records // stations, t0_ns=1_780_000_000_000_000_000)
     for i in range(0, len(recs), 20_000):
         log.append(recs[i:i + 20_000])
     em = LinkEmulator(free_port(), ("127.0.0.1", broker.port), spec).start()
@@ -83,25 +72,47 @@ def main() -> None:
     while not up.manager.links[0].up():
         time.sleep(0.01)
     t0, b0 = time.monotonic(), em.stats.bytes_up
-    while up.status()["backlog_total"] > 0:
-        time.sleep(0.1)
+    last = log.last_seq
+    while max(log.positions("uplink").values()) < last:  # cheap: no count(*) over the backlog
+        time.sleep(0.05)
     elapsed = time.monotonic() - t0
     wire = (em.stats.bytes_up - b0) * 8 / elapsed
     payload = up.stats["bytes_sent"] * 8 / elapsed
     up.stop()
     log.close()
-    worker.terminate()
-    worker.wait()
+    for w in workers:
+        w.terminate()
+        w.wait()
     em.stop()
     broker.stop()
+    return {"data": name, "records": len(recs), "seconds": round(elapsed, 1),
+            "records_per_s": round(len(recs) / elapsed), "wire_fraction": round(wire / bps, 3),
+            "payload_fraction": round(payload / bps, 3), "bytes_per_record": round(up.stats["bytes_sent"] / len(recs), 2),
+            "batches": up.stats["batches_sent"], "resent": up.stats["resent_batches"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--bandwidth", default="512kbit")
+    ap.add_argument("--latency", default="300ms")
+    ap.add_argument("--batch-time", type=float, default=1.0)
+    ap.add_argument("--window", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1, help="center workers (shared subscription)")
+    a = ap.parse_args()
+    bps, lat = parse_rate(a.bandwidth), float(parse_duration(a.latency))
+    spec = LinkSpec(latency=lat, bandwidth=bps)
+    t0 = 1_780_000_000_000_000_000
+    sets = {"village telemetry (20 stations, 6 fields, 1 Hz)": village_telemetry(20, a.records // 20, t0_ns=t0),
+            "drone positions (4 drones, 6 fields, 5 Hz)": drone_positions(4, a.records // 20 // 2, t0_ns=t0)}
+    rows = [drain(name, recs, a, bps, lat, spec) for name, recs in sets.items()]
     raw = raw_tcp_rate(spec, 256_000)
-    print(f"{len(recs)} records backlog over {bps / 1000:.0f} kbit/s, {lat * 1000:.0f} ms one way: "
-          f"drained in {elapsed:.1f} s = {len(recs) / elapsed:,.0f} records/s")
-    print(f"  wire bytes through the link: {wire / 1000:.0f} kbit/s = {wire / bps:.0%} of the link bandwidth, "
-          f"{wire / raw:.0%} of a bulk TCP transfer ({raw / 1000:.0f} kbit/s) through the same emulator")
-    print(f"  batch payload (goodput): {payload / 1000:.0f} kbit/s = {payload / bps:.0%} of the link bandwidth; "
-          f"{up.stats['bytes_sent'] / len(recs):.2f} bytes/record, {up.stats['batches_sent']} batches, "
-          f"{up.stats['resent_batches']} resent")
+    print(f"{a.workers} center worker(s); backlog drain over {bps / 1000:.0f} kbit/s, {lat * 1000:.0f} ms one way "
+          f"(bulk TCP through the same emulator: {raw / 1000:.0f} kbit/s = {raw / bps:.0%}):")
+    for r in rows:
+        print(f"  {r['data']}: {r['records']:,} records in {r['seconds']} s = {r['records_per_s']:,} records/s; "
+              f"wire {r['wire_fraction']:.0%} of the link bandwidth, batch payload {r['payload_fraction']:.0%}; "
+              f"{r['bytes_per_record']} B/record, {r['batches']} batches, {r['resent']} resent")
 
 
 if __name__ == "__main__":

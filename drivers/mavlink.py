@@ -201,6 +201,7 @@ class Telemetry:
         #: sysid -> (autopilot, type, mode name, armed, system_status)
         self.state: dict[int, tuple[int, int, str, bool, int]] = {}
         self.suppressed = 0
+        self._chunks: dict[tuple[int, int], dict[int, str]] = {}
         self.handlers: dict[int, Handler] = {
             mavlink2.MAVLINK_MSG_ID_HEARTBEAT: self._heartbeat,
             mavlink2.MAVLINK_MSG_ID_GLOBAL_POSITION_INT: self._global_position,
@@ -235,6 +236,11 @@ class Telemetry:
 
     def _rec(self, kind: str, sysid: int, ts: int, fields: dict[str, Any], msg: Any,
              priority: Priority = Priority.TELEMETRY) -> Record:
+        for name, value in list(fields.items()):
+            if isinstance(value, float) and not math.isfinite(value):
+                del fields[name]  # autopilots send NaN for "unknown" (e.g. airspeed without a sensor)
+        if not fields:
+            fields = {"empty": True}
         h = msg._header
         tags = {**self.tags_for(sysid), "sysid": str(sysid)}
         return Record.make(kind, self.device_for(sysid), ts, fields, tags=tags, priority=priority,
@@ -335,6 +341,18 @@ class Telemetry:
 
     def _statustext(self, m: Any, sysid: int, ts: int) -> list[Record]:
         text = m.text if isinstance(m.text, str) else bytes(m.text).decode("utf-8", "replace")
+        chunk_id = getattr(m, "id", 0)
+        if chunk_id:
+            # MAVLink 2 long texts come in 50-char chunks sharing an id; the last one is shorter
+            key = (sysid, chunk_id)
+            parts = self._chunks.setdefault(key, {})
+            parts[getattr(m, "chunk_seq", 0)] = text
+            if len(text) >= 50:
+                if len(self._chunks) > 32:
+                    self._chunks.pop(next(iter(self._chunks)))
+                return []
+            del self._chunks[key]
+            text = "".join(parts[i] for i in sorted(parts))
         sev = m.severity
         prio = Priority.ALARM if sev <= mavlink2.MAV_SEVERITY_CRITICAL else Priority.TELEMETRY
         return [self._rec("drone_event", sysid, ts, {

@@ -56,21 +56,24 @@ class CenterStore(LocalStore):
     """The local store, written with dedupe counting and summary upgrade."""
 
     def write_counted(self, records: Sequence[Record], hub_id: str) -> tuple[int, int]:
-        """Durably write; returns (new, duplicates)."""
-        rows = [(r.id, r.kind, r.device_id, r.ts, int(r.priority), r.source,
-                 orjson.dumps(r.fields).decode(), orjson.dumps({**r.tags, "hub": hub_id}).decode())
-                for r in records]
-        ids = [r[0] for r in rows]
+        """Durably write; returns (stored, duplicates): a duplicate id changes nothing."""
+        tag_json: dict[tuple, str] = {}  # records of one series share their tags
+        rows = []
+        for r in records:
+            key = tuple(r.tags.items())
+            tj = tag_json.get(key)
+            if tj is None:
+                tj = tag_json[key] = orjson.dumps({**r.tags, "hub": hub_id}).decode()
+            rows.append((r.id, r.kind, r.device_id, r.ts, int(r.priority), r.source,
+                         orjson.dumps(r.fields).decode(), tj))
+        rows.sort()  # in key order: B-tree inserts stay local
         with self._lock:
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
-                seen = 0
-                for i in range(0, len(ids), 500):
-                    chunk = ids[i:i + 500]
-                    seen += db.execute(f"SELECT count(*) FROM points WHERE id IN ({','.join('?' * len(chunk))})",
-                                       chunk).fetchone()[0]
+                before = db.total_changes
                 db.executemany(_UPSERT, rows)
+                stored = db.total_changes - before  # new records, and summaries replaced by full ones
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
@@ -78,7 +81,7 @@ class CenterStore(LocalStore):
                 except sqlite3.Error:
                     pass
                 raise StorageError(f"center store {self.path}: {exc}") from None
-        return len(ids) - seen, seen
+        return stored, len(rows) - stored
 
 
 class HubRegistry:

@@ -98,13 +98,19 @@ def register(main: click.Group, sim: click.Group) -> None:
             return
         from .render import table
 
-        table(["device", "sysid", "online", "mode", "armed", "battery %", "lat", "lon", "alt m",
-               "gps", "signed", "dropped"],
-              [[d["device_id"], d["sysid"], "yes 在线" if d["online"] else "NO 离线", d["mode"],
-                "armed" if d["armed"] else "-", d.get("battery_pct", "-"),
-                f"{d['lat']:.6f}" if "lat" in d else "-", f"{d['lon']:.6f}" if "lon" in d else "-",
-                f"{d['rel_alt_m']:.1f}" if "rel_alt_m" in d else "-", d.get("gps_fix", "-"),
-                "yes" if d["signed"] else "no", d["unsigned"] + d["bad_signature"]] for d in items],
+        def position(d: dict) -> str:
+            if "lat" not in d:
+                return "-"
+            return f"{d['lat']:.5f},{d['lon']:.5f} {d.get('rel_alt_m', 0):.0f}m"
+
+        def signing(d: dict) -> str:
+            dropped = d["unsigned"] + d["bad_signature"]
+            return ("signed" if d["signed"] else "-") + (f", {dropped} dropped" if dropped else "")
+
+        table(["drone", "sys", "link 链路", "mode 模式", "armed", "batt", "position 位置", "gps", "signing"],
+              [[d["device_id"], d["sysid"], "online 在线" if d["online"] else "OFFLINE 离线", d["mode"],
+                "armed" if d["armed"] else "-", f"{d['battery_pct']}%" if "battery_pct" in d else "-",
+                position(d), d.get("gps_fix", "-"), signing(d)] for d in items],
               title=f"{len(items)} drones 无人机")
 
     @sim.command("drone")

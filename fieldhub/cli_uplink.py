@@ -91,6 +91,8 @@ def register(main: click.Group, sim: click.Group) -> None:
         from .uplink_config import parse_rate
 
         host, _, port = target.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"--to {target!r}", file="command line", expected="HOST:PORT, e.g. 127.0.0.1:1883")
         try:
             spec = LinkSpec(latency=float(parse_duration(latency)), bandwidth=parse_rate(bandwidth),
                             loss=parse_loss(loss), outage_every=float(parse_duration(outage_every)),

@@ -59,9 +59,11 @@ class MavlinkConfig:
             EndpointSpec.parse(e, f"mavlink.endpoints[{i}]")
         for i, e in enumerate(self.forward):
             EndpointSpec.parse(e, f"mavlink.forward[{i}]")
-        for sysid in self.drones:
+        for sysid, device in self.drones.items():
             if not sysid.isdigit() or not 1 <= int(sysid) <= 255:
                 raise ValueError(f"drones: system id {sysid!r} must be 1-255")
+            if not _DEVICE_ID.match(device):
+                raise ValueError(f"drones.{sysid}: device id {device!r} must be letters, digits, '_', '.', '-'")
         if not 1 <= self.system_id <= 255:
             raise ValueError("system_id must be 1-255")
         if self.command_attempts < 1:
@@ -72,6 +74,7 @@ class MavlinkConfig:
 
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")  # as the registry; also the tlog folder name
 
 
 def key_bytes(text: str) -> bytes:

@@ -14,12 +14,13 @@ from drivers.mavlink import BAD_DATA_ID, Telemetry, mav, new_parser
 from .drone_commands import ACTIONS, CommandRunner, CommandSpec, build
 from .drone_config import MavlinkConfig, load_keys
 from .errors import FieldhubError, StorageError, TransportError
-from .mavlink_endpoints import Endpoint, make_endpoint
+from .mavlink_endpoints import KINDS, Endpoint, make_endpoint
 from .records import Priority, Record
 
 SIGNING_EPOCH = 1420070400  # 2015-01-01 UTC; signing timestamps count 10 µs from here
 ALARM_EVERY_NS = 10 * 10**9
 QUARANTINE_PER_MIN = 30
+MAX_PEERS = 1024
 HUB_COMPONENT = mav.MAV_COMP_ID_MISSIONPLANNER
 _ID_HEARTBEAT = mav.MAVLINK_MSG_ID_HEARTBEAT
 _ID_COMMAND_ACK = mav.MAVLINK_MSG_ID_COMMAND_ACK
@@ -62,6 +63,8 @@ class Drone:
     last_heartbeat: float = 0.0
     autopilot: int | None = None
     vehicle_type: int | None = None
+    #: the autopilot's component id (commands go to it)
+    compid: int = 1
     mode: str = ""
     armed: bool = False
     tags: dict[str, str] = field(default_factory=dict)
@@ -95,9 +98,13 @@ class DroneHub:
         self.oplog = oplog
         self.registry = registry
         self.keys, warnings = load_keys(cfg)
+        if mav.mcrf4xx is None:
+            warnings.append("fastcrc is not installed: MAVLink checksums run in pure Python at half speed "
+                            "(pip install fastcrc)")
         for w in warnings:
-            self._op("warning", "keystore_permissions", w, f"密钥文件权限过宽：{w}")
-        self.ids = {int(k): v for k, v in cfg.drones.items()}
+            self._op("warning", "mavlink_setup", w, f"MAVLink 配置警告：{w}")
+        reg_ids, reg_endpoints = from_registry(registry)
+        self.ids = {**reg_ids, **{int(k): v for k, v in cfg.drones.items()}}  # the config wins
         self.drones: dict[int, Drone] = {}
         self._lock = threading.RLock()
         self._parsers: dict[tuple[int, Any], Any] = {}
@@ -111,6 +118,8 @@ class DroneHub:
                                       system_id=cfg.system_id)
         self.endpoints = [make_endpoint(e, self.on_data, "drone", f"mavlink.endpoints[{i}]")
                           for i, e in enumerate(cfg.endpoints)]
+        self.endpoints += [make_endpoint(e, self.on_data, "drone", f"registry device {dev} transport.endpoint")
+                           for e, dev in reg_endpoints.items() if e not in cfg.endpoints]
         self.gcs = [make_endpoint(e, self.on_gcs_data, "gcs", f"mavlink.forward[{i}]")
                     for i, e in enumerate(cfg.forward)]
         self.stats = {"messages": 0, "bad_frames": 0, "records": 0, "dropped_unsigned": 0,
@@ -139,7 +148,7 @@ class DroneHub:
             key = self.keys.get(device)
             d = Drone(sysid, device, key, signer(key, self.cfg.system_id, HUB_COMPONENT),
                       signer(key, self.cfg.system_id, HUB_COMPONENT))
-            tags = {"device_kind": "drone"}
+            tags = {"kind": "drone"}
             if self.registry is not None:
                 dev = self.registry.get(device)
                 if dev is not None:
@@ -196,9 +205,7 @@ class DroneHub:
         key = (id(ep), peer)
         records: list[Record] = []
         with self._lock:
-            parser = self._parsers.get(key)
-            if parser is None:
-                parser = self._parsers[key] = new_parser()
+            parser = self._parsers.get(key) or self._new_parser(key)
             msgs = parser.parse_buffer(data)
             if not msgs:
                 return
@@ -213,7 +220,10 @@ class DroneHub:
                 h = m._header
                 msgid = h.msgId
                 if msgid < 0:
-                    self._bad(ep, m) if msgid == BAD_DATA_ID else self._unknown(m)
+                    if msgid == BAD_DATA_ID:
+                        self._bad(ep, m)
+                    else:
+                        self._unknown(m)
                     continue
                 sysid = h.srcSystem
                 d = drones.get(sysid)
@@ -260,6 +270,13 @@ class DroneHub:
             self._forward(b"".join(forward))
         if records:
             self._append(records)
+
+    def _new_parser(self, key: tuple[int, Any]) -> Any:
+        """One pymavlink parser per (endpoint, peer); bounded, so spoofed source ports can't grow it."""
+        if len(self._parsers) >= MAX_PEERS:
+            self._parsers.pop(next(iter(self._parsers)))
+        p = self._parsers[key] = new_parser()
+        return p
 
     def _not_a_drone(self, sysid: int, msgid: int, m: Any) -> bool:
         """Ground stations (a GCS HEARTBEAT, or sysid 255 unless configured) and radios (RADIO_STATUS)
@@ -315,7 +332,7 @@ class DroneHub:
             return  # a camera, gimbal or companion computer on the same system
         d.counts["heartbeats"] += 1
         d.last_heartbeat = time.monotonic()
-        d.autopilot, d.vehicle_type = m.autopilot, m.type
+        d.autopilot, d.vehicle_type, d.compid = m.autopilot, m.type, m._header.srcComponent
         d.armed = bool(m.base_mode & mav.MAV_MODE_FLAG_SAFETY_ARMED)
         if not d.online:
             d.online = True
@@ -335,8 +352,8 @@ class DroneHub:
             elif r.kind == "gps":
                 d.last["gps_fix"] = f["fix"]
 
-    def _presence(self, d: Drone, now: int, online: bool, reason: str) -> Record:
-        return Record.make("presence", d.device_id, now, {"online": online, "reason": reason},
+    def _presence(self, d: Drone, now: int, online: bool, reason: str, **extra: Any) -> Record:
+        return Record.make("presence", d.device_id, now, {"online": online, "reason": reason, **extra},
                            tags={**d.tags, "sysid": str(d.sysid)},
                            priority=Priority.TELEMETRY if online else Priority.ALARM,
                            source="mavlink", key=f"presence:{now}")
@@ -383,9 +400,7 @@ class DroneHub:
         key = (id(ep), peer)
         out: dict[tuple[int, Any], list[bytes]] = {}
         with self._lock:
-            parser = self._parsers.get(key)
-            if parser is None:
-                parser = self._parsers[key] = new_parser()
+            parser = self._parsers.get(key) or self._new_parser(key)
             for m in parser.parse_buffer(data) or ():
                 if m._header.msgId == BAD_DATA_ID:
                     self._bad(ep, m)
@@ -416,7 +431,9 @@ class DroneHub:
                 for d in self.drones.values():
                     if d.online and now_m - d.last_heartbeat > self.cfg.heartbeat_timeout:
                         d.online = False
-                        records.append(self._presence(d, time.time_ns(), False, "heartbeat timeout"))
+                        rec = self._presence(d, time.time_ns(), False, "heartbeat timeout",
+                                             silent_s=round(now_m - d.last_heartbeat, 1))
+                        records.append(rec)
                         self._op("warning", "drone_offline",
                                  f"drone {d.device_id} offline: no heartbeat for {self.cfg.heartbeat_timeout:g}s",
                                  f"无人机 {d.device_id} 离线：{self.cfg.heartbeat_timeout:g} 秒无心跳",
@@ -446,7 +463,7 @@ class DroneHub:
         with self._lock:
             if d.link is None:
                 raise TransportError(f"{d.device_id} has no link yet / 无人机尚无链路")
-            msg = spec.encode(d.encoder, d.sysid, 1, confirmation)
+            msg = spec.encode(d.encoder, d.sysid, d.compid, confirmation)
             sync_signing_clock(d.encoder)
             buf = bytes(msg.pack(d.encoder))
             d.encoder.seq = (d.encoder.seq + 1) % 256
@@ -496,10 +513,28 @@ class DroneHub:
             self.oplog.write(level, event, en, zh, **extra)
 
 
+def from_registry(registry: Any) -> tuple[dict[int, str], dict[str, str]]:
+    """Drones registered with ``--transport '{"sysid": 1, "endpoint": "udpin:0.0.0.0:14550"}'``:
+    (sysid -> device id, endpoint -> first device naming it)."""
+    ids: dict[int, str] = {}
+    endpoints: dict[str, str] = {}
+    if registry is None:
+        return ids, endpoints
+    for dev in registry.all():
+        t = dev.transport or {}
+        sysid = t.get("sysid")
+        if isinstance(sysid, int) and 1 <= sysid <= 255:
+            ids[sysid] = dev.id
+        ep = t.get("endpoint")
+        if isinstance(ep, str) and ep.split(":", 1)[0] in KINDS and (sysid is not None or dev.kind == "drone"):
+            endpoints.setdefault(ep, dev.id)
+    return ids, endpoints
+
+
 def build_drones(ctx: Any) -> DroneHub | None:
-    """Hub component builder: None unless ``[mavlink] endpoints`` is set."""
+    """Hub component builder: None unless ``[mavlink] endpoints`` or a registered drone names one."""
     cfg: MavlinkConfig = ctx.config.mavlink
-    if not cfg.endpoints:
+    if not cfg.endpoints and not from_registry(ctx.registry)[1]:
         return None
     tlog_dir = Path(cfg.tlog_dir) if cfg.tlog_dir else ctx.data_dir / "tlog"
     return DroneHub(cfg, ctx.log, oplog=ctx.oplog, registry=ctx.registry, tlog_dir=tlog_dir,

@@ -12,6 +12,8 @@ over the batches the server accepted, in order.
 from __future__ import annotations
 
 import collections
+import os
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,6 +83,10 @@ class InfluxConfig:
     same_timestamp: str = "nudge"
     #: where a new influx cursor starts: "earliest" (everything in the log) or "latest"
     start: str = "earliest"
+    #: https: CA certificate file (PEM) to trust ("" = the system's CAs)
+    tls_ca: str = ""
+    #: https: verify the server's certificate (false only for testing)
+    tls_verify: bool = True
 
     def validate(self) -> None:
         if self.mode not in ("v1", "v2"):
@@ -99,6 +105,8 @@ class InfluxConfig:
             raise ValueError(f"same_timestamp {self.same_timestamp!r}: expected nudge or overwrite")
         if self.start not in ("earliest", "latest"):
             raise ValueError(f"start {self.start!r}: expected earliest or latest")
+        if self.tls_ca and not os.path.isfile(self.tls_ca):
+            raise ValueError(f"tls_ca {self.tls_ca!r}: no such file")
 
 
 def make_transport(cfg: InfluxConfig) -> Transport:
@@ -107,9 +115,10 @@ def make_transport(cfg: InfluxConfig) -> Transport:
     if cfg.mode == "v1":
         return V1Transport(cfg.url, cfg.database, retention_policy=cfg.retention_policy,
                            username=cfg.username, password=cfg.password, gzip_level=level,
-                           timeout=cfg.timeout, pool_size=pool, create_database=cfg.create_database)
+                           timeout=cfg.timeout, pool_size=pool, create_database=cfg.create_database,
+                           tls_ca=cfg.tls_ca, tls_verify=cfg.tls_verify)
     return V2Transport(cfg.url, cfg.token, cfg.org, cfg.bucket, gzip_level=level,
-                       timeout=cfg.timeout, pool_size=pool)
+                       timeout=cfg.timeout, pool_size=pool, tls_ca=cfg.tls_ca, tls_verify=cfg.tls_verify)
 
 
 #: a record as the sink holds it: a Record, or (priority, log body dict) straight from the log
@@ -299,6 +308,19 @@ class InfluxWriter:
 
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
+        """Run the loop; should anything unforeseen break it, say so and start it again."""
+        while not self._stop.is_set():
+            try:
+                self._loop()
+                return
+            except Exception as exc:  # noqa: BLE001 - the sink must outlive any one failure
+                self._failed(exc)
+                self.oplog.write("error", "influx_writer_restarted",
+                                 f"influx: writer loop failed ({exc!r}); restarting it in 5 s",
+                                 f"influx：写入循环出错（{exc!r}），5 秒后重启")
+                self._stop.wait(5.0)
+
+    def _loop(self) -> None:
         backoff = Backoff(self.cfg.retry_initial, self.cfg.retry_max)
         inflight: collections.deque[_Batch] = collections.deque()
         after = self.log.positions(NAME)
@@ -333,7 +355,12 @@ class InfluxWriter:
                 self._wait_first(inflight)
                 continue
             seen = self.log.last_seq
-            rows, top = read_rows(self.log, after, self.cfg.batch_size)
+            try:
+                rows, top = read_rows(self.log, after, self.cfg.batch_size)
+            except (sqlite3.Error, ValueError) as exc:  # a busy or damaged log: try again
+                self._failed(exc)
+                self._stop.wait(backoff.next())
+                continue
             if not rows:
                 pending_since = None
                 if inflight:
@@ -367,7 +394,7 @@ class InfluxWriter:
             return
         self._probed = now
         try:
-            self.sink.transport.ping()  # type: ignore[attr-defined]
+            self.sink.transport.ping()
             self.server = "reachable"
         except InfluxWriteError as exc:
             self.server = f"unreachable: {exc}"
@@ -378,8 +405,14 @@ class InfluxWriter:
         except TimeoutError:
             pass
 
+    def _commit(self, top: dict[int, int]) -> None:
+        try:
+            self.log.commit_cursor(NAME, top)
+        except Exception as exc:  # noqa: BLE001 - the batch is sent again later: idempotent
+            self._failed(exc)
+
     def _accepted(self, batch: _Batch) -> None:
-        self._committer.submit(self.log.commit_cursor, NAME, batch.top)
+        self._committer.submit(self._commit, batch.top)
         self._last_activity = time.monotonic()
         self.server = "reachable"
         self.written += batch.count

@@ -46,11 +46,14 @@ def check(cfg: InfluxConfig, hub_id: str = "hub", *, write: bool = True) -> dict
     try:
         started = time.monotonic()
         try:
-            info = transport.ping()  # type: ignore[attr-defined]
+            info = transport.ping()
         except InfluxWriteError as exc:
             steps.append(_step("connect", False, str(exc)))
             out["diagnosis"] = f"server unreachable at {cfg.url}: {exc.server_message}"
-            out["diagnosis_zh"] = f"无法连接 {cfg.url}：服务器未运行、端口错误或链路中断"
+            if "TLS" in exc.server_message or "HTTPS" in exc.server_message:
+                out["diagnosis_zh"] = f"无法连接 {cfg.url}：TLS 证书不受信任或 http/https 不匹配"
+            else:
+                out["diagnosis_zh"] = f"无法连接 {cfg.url}：服务器未运行、端口错误或链路中断"
             return out
         rtt = (time.monotonic() - started) * 1000
         out["server_version"] = info.get("version", "")

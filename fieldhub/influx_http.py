@@ -41,6 +41,8 @@ class Transport(Protocol):
 
     def post(self, body: bytes) -> None: ...
 
+    def ping(self) -> dict[str, str]: ...
+
     def close(self) -> None: ...
 
 
@@ -79,7 +81,8 @@ class V1Transport:
 
     def __init__(self, url: str, database: str, *, retention_policy: str = "", username: str = "",
                  password: str = "", gzip_level: int = 0, timeout: float = 10.0,
-                 pool_size: int = 4, create_database: bool = False) -> None:
+                 pool_size: int = 4, create_database: bool = False, tls_ca: str = "",
+                 tls_verify: bool = True) -> None:
         self.base = url.rstrip("/")
         self.database = database
         self.target = database + (f".{retention_policy}" if retention_policy else "")
@@ -96,7 +99,8 @@ class V1Transport:
             self.headers["Content-Encoding"] = "gzip"
         self.create_database = create_database
         self.pool = urllib3.PoolManager(num_pools=2, maxsize=pool_size, retries=False,
-                                        timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout))
+                                        timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
+                                        **tls_options(tls_ca, tls_verify))
 
     def request(self, method: str, url: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
@@ -135,7 +139,7 @@ class V1Transport:
         return data
 
     def ping(self) -> dict[str, str]:
-        return ping(self.base, self.pool.connection_pool_kw.get("timeout"))
+        return ping(self.base, self.pool)
 
     def close(self) -> None:
         self.pool.clear()
@@ -147,7 +151,8 @@ class V2Transport:
     mode = "v2"
 
     def __init__(self, url: str, token: str, org: str, bucket: str, *, gzip_level: int = 0,
-                 timeout: float = 10.0, pool_size: int = 4) -> None:
+                 timeout: float = 10.0, pool_size: int = 4, tls_ca: str = "",
+                 tls_verify: bool = True) -> None:
         from influxdb_client import InfluxDBClient
         from influxdb_client.service.write_service import WriteService
 
@@ -157,7 +162,10 @@ class V2Transport:
         # gzip is done here at our level (the client's own gzip is level 9: slow for big batches)
         self.client = InfluxDBClient(url=self.base, token=token or None, org=org or None,
                                      timeout=int(timeout * 1000), enable_gzip=False,
-                                     retries=False, connection_pool_maxsize=pool_size)
+                                     retries=False, connection_pool_maxsize=pool_size,
+                                     verify_ssl=tls_verify, ssl_ca_cert=tls_ca or None)
+        self._ping_pool = urllib3.PoolManager(retries=False, timeout=min(timeout, 5.0),
+                                              **tls_options(tls_ca, tls_verify))
         self.service = WriteService(self.client.api_client)
         self.gzip_level = gzip_level
         self.timeout = timeout
@@ -181,16 +189,23 @@ class V2Transport:
             raise InfluxWriteError(f"{self.base}: {_describe_conn(exc)}") from None
 
     def ping(self) -> dict[str, str]:
-        return ping(self.base, self.timeout)
+        return ping(self.base, self._ping_pool)
 
     def close(self) -> None:
         self.client.close()
 
 
-def ping(base: str, timeout: Any = 5.0) -> dict[str, str]:
+def tls_options(ca: str, verify: bool) -> dict[str, Any]:
+    """urllib3 pool options for https: our CA file, or the system's; or no verification."""
+    if not verify:
+        return {"cert_reqs": "CERT_NONE"}
+    return {"cert_reqs": "CERT_REQUIRED", **({"ca_certs": ca} if ca else {})}
+
+
+def ping(base: str, pool: urllib3.PoolManager) -> dict[str, str]:
     """GET /ping (InfluxDB 1.x/2.x/3.x and VictoriaMetrics answer it); the server's version if told."""
     try:
-        resp = urllib3.request("GET", f"{base}/ping", timeout=timeout or 5.0, retries=False)
+        resp = pool.request("GET", f"{base}/ping", headers={})
     except urllib3.exceptions.HTTPError as exc:
         raise InfluxWriteError(_describe_conn(exc)) from None
     if resp.status not in (200, 204):
@@ -205,6 +220,11 @@ def _describe_conn(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or exc
     text = str(reason)
     low = text.lower()
+    if "certificate verify failed" in low or "certificate_verify_failed" in low:
+        return ("TLS certificate not trusted (set [influx] tls_ca to the server's CA file, "
+                f"or tls_verify = false): {text[:200]}")
+    if "wrong version number" in low or "ssl" in low and "record layer" in low:
+        return "TLS handshake failed (https to a plain-http port, or the reverse?)"
     if "refused" in low:
         return "connection refused (server down or wrong port)"
     if "timed out" in low or "timeout" in low:

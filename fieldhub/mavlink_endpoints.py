@@ -54,7 +54,8 @@ class Endpoint:
         self.spec = spec
         self.role = role
         self.on_data = on_data
-        self.stats = {"rx_bytes": 0, "tx_bytes": 0, "rx_chunks": 0, "tx_errors": 0, "reconnects": 0}
+        self.stats = {"rx_bytes": 0, "tx_bytes": 0, "rx_chunks": 0, "tx_errors": 0, "reconnects": 0,
+                      "handler_errors": 0}
         self.connected = False
         self.error = ""
         self._stop = threading.Event()
@@ -82,7 +83,11 @@ class Endpoint:
     def _deliver(self, data: bytes, peer: Any) -> None:
         self.stats["rx_bytes"] += len(data)
         self.stats["rx_chunks"] += 1
-        self.on_data(self, data, peer)
+        try:
+            self.on_data(self, data, peer)
+        except Exception as exc:  # noqa: BLE001 - one bad chunk must not end the link's reader thread
+            self.stats["handler_errors"] += 1
+            self.error = f"handling data: {type(exc).__name__}: {exc}"
 
     def _backoff(self, attempt: int) -> None:
         """Jittered, capped reconnect backoff."""

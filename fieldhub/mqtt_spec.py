@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -13,7 +14,7 @@ import cbor2
 import orjson
 
 from .errors import ValidationError
-from .records import Priority, Record
+from .records import Priority, Record, stable_id
 from .registry import Device
 
 SOURCE = "mqtt"
@@ -70,6 +71,7 @@ class Message:
     clock_suspect: bool
 
 
+@lru_cache(maxsize=65536)  # a fleet uses few topics; bad ones raise and are not cached
 def parse_topic(topic: str) -> tuple[str, str]:
     """``fh/{device_id}/up/{channel}`` -> (device_id, channel), or Rejected."""
     m = _TOPIC_RE.match(topic)
@@ -144,26 +146,28 @@ def _check_fields(fields: Any, spec: Mapping[str, tuple[type, float | None, floa
     if len(fields) > MAX_FIELDS:
         raise Rejected(f"too many fields ({len(fields)} > {MAX_FIELDS})")
     out: dict[str, Any] = {}
+    common = COMMON_FIELDS
     for name, value in fields.items():
-        if not isinstance(name, str) or not _FIELD_RE.match(name):
+        if name.__class__ is not str or not _FIELD_RE.match(name):
             raise Rejected(f"field name {str(name)[:40]!r}: letters, digits, '_', at most 64")
-        if isinstance(value, str):
-            if len(value) > MAX_STR:
-                raise Rejected(f"field {name}: string longer than {MAX_STR}")
-        elif isinstance(value, float):
+        t = value.__class__
+        if t is float:
             if not math.isfinite(value):
                 raise Rejected(f"field {name}: {value} is not a finite number")
-        elif isinstance(value, int) and not isinstance(value, bool):
+        elif t is str:
+            if len(value) > MAX_STR:
+                raise Rejected(f"field {name}: string longer than {MAX_STR}")
+        elif t is int:
             if not -(2**63) <= value < 2**63:
                 raise Rejected(f"field {name}: integer out of 64-bit range")
-        elif not isinstance(value, bool):
+        elif t is not bool:
             raise Rejected(f"field {name}: {_tname(value)} is not a number, string or boolean")
-        rule = spec.get(name) or COMMON_FIELDS.get(name)
+        rule = spec.get(name) or common.get(name)
         if rule is not None:
             typ, lo, hi = rule
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if t is not int and t is not float:
                 raise Rejected(f"field {name} must be a number, got {_tname(value)}")
-            if typ is int and isinstance(value, float) and not value.is_integer():
+            if typ is int and t is float and not value.is_integer():
                 raise Rejected(f"field {name} must be an integer, got {value}")
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 raise Rejected(f"field {name}={value} out of range [{lo}, {hi}]")
@@ -185,7 +189,7 @@ def decode(topic: str, payload: bytes, device: Device | None, recv_ns: int, *,
                            + (f" {seq}" if isinstance(seq, int) else ""))
         ts = parse_ts(body["ts"]) if "ts" in body else None
         fields: dict[str, Any]
-        tags = device.tags()
+        tags = dict(_tags(device.kind, device.model, device.admin_code))
         if channel == "telemetry":
             fields = _check_fields(body.get("fields"), KIND_FIELDS.get(device.kind, {}))
             kind, prio = device.kind, Priority.TELEMETRY
@@ -227,13 +231,19 @@ def decode(topic: str, payload: bytes, device: Device | None, recv_ns: int, *,
             fields["clock_skew_s"] = round((ts - recv_ns) / 1e9, 3)
         fields["seq"] = seq
         fields["hub_rx_ns"] = recv_ns
-        rec = Record.make(kind, device_id, ts, fields, tags=tags, priority=prio, source=SOURCE, key=seq)
+        # fields are checked above (scalars, finite, named): build the record without a second pass
+        rec = Record(kind, device_id, ts, fields, tags, prio, SOURCE, stable_id(SOURCE, device_id, kind, seq))
     except Rejected as exc:
         exc.device_id = device_id
         raise
     except ValidationError as exc:
         raise Rejected(str(exc), device_id) from None
     return Message(device_id, channel, seq, rec, digest(payload), suspect)
+
+
+@lru_cache(maxsize=4096)
+def _tags(kind: str, model: str, admin_code: str) -> dict[str, str]:
+    return Device("x", kind, admin_code, model).tags()
 
 
 def digest(payload: bytes) -> bytes:

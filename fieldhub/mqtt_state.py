@@ -38,14 +38,24 @@ class MqttState:
         # the log's unique id covers anything lost here in a power cut (see module docstring)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        # highest seq remembered per device: a newer seq needs no lookup (the common case)
+        self._top: dict[str, int] = dict(self._db.execute(
+            "SELECT device_id, max(seq) FROM seen GROUP BY device_id"))
 
     def seen(self, device_id: str, seq: int) -> bytes | None:
+        if seq > self._top.get(device_id, -1):
+            return None
         row = self._db.execute("SELECT digest FROM seen WHERE device_id=? AND seq=?",
                                (device_id, seq)).fetchone()
         return row[0] if row else None
 
     def add_seen(self, rows: Iterable[tuple[str, int, bytes]], now_ns: int | None = None) -> None:
         now = now_ns or time.time_ns()
+        rows = list(rows)
+        top = self._top
+        for d, s, _h in rows:
+            if s > top.get(d, -1):
+                top[d] = s
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR IGNORE INTO seen(device_id, seq, digest, ts) VALUES (?, ?, ?, ?)",
                              [(d, s, h, now) for d, s, h in rows])

@@ -6,7 +6,10 @@ endpoint answers, and can be stopped and restarted on the same port and data (ou
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -21,20 +24,47 @@ import pytest
 from fieldhub.mosquitto import free_port
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (PEM cert, PEM key), made with ``cryptography``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fieldhub-test-influx")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
 class _Server:
     binary = ""
     health = "/ping"
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, tls: bool = False) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self.tls = tls
+        self.cert, self.key = self_signed(self.workdir) if tls else (None, None)
+        self._ctx = ssl.create_default_context(cafile=str(self.cert)) if tls else None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -50,7 +80,7 @@ class _Server:
                 raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}; see "
                                    f"{self.workdir / 'server.log'}")
             try:
-                with urllib.request.urlopen(self.url + self.health, timeout=0.5) as resp:
+                with urllib.request.urlopen(self.url + self.health, timeout=0.5, context=self._ctx) as resp:
                     if resp.status in (200, 204):
                         return self
             except (urllib.error.URLError, OSError):
@@ -85,7 +115,7 @@ class _Server:
         url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
         req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self._ctx) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -96,8 +126,9 @@ class InfluxDB1(_Server):
 
     binary = "influxd"
 
-    def __init__(self, workdir: Path, port: int | None = None, *, auth: bool = False) -> None:
-        super().__init__(workdir, port)
+    def __init__(self, workdir: Path, port: int | None = None, *, auth: bool = False,
+                 tls: bool = False) -> None:
+        super().__init__(workdir, port, tls=tls)
         self.auth = auth
         self.rpc_port = free_port()
 
@@ -119,6 +150,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   bind-address = "127.0.0.1:{self.port}"
   auth-enabled = {'true' if self.auth else 'false'}
   log-enabled = false
+  https-enabled = {'true' if self.tls else 'false'}
+  https-certificate = "{self.cert or ''}"
+  https-private-key = "{self.key or ''}"
 [continuous_queries]
   enabled = false
 [subscriber]
@@ -167,9 +201,10 @@ class VictoriaMetrics(_Server):
     health = "/health"
 
     def command(self) -> list[str]:
+        tls = ["-tls", f"-tlsCertFile={self.cert}", f"-tlsKeyFile={self.key}"] if self.tls else []
         return [self.binary, f"-httpListenAddr=127.0.0.1:{self.port}",
                 f"-storageDataPath={self.workdir / 'data'}", "-dedup.minScrapeInterval=1ms",
-                "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.disableCache"]
+                "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.disableCache", *tls]
 
     def export(self, match: str) -> list[dict[str, Any]]:
         """Raw samples of every series matching ``match`` (``{"metric", "values", "timestamps"}``)."""

@@ -82,7 +82,7 @@ command_timeout = "700ms"
         assert proc.returncode == 0, proc.stderr
         ack = json.loads(proc.stdout)
         assert ack["result_name"] == "accepted" and ack["command"] == 20
-        assert ack["attempts"] == 2
+        assert ack["attempts"] >= 2  # 2 unless the machine stalled the ack past command_timeout
         wait_for(lambda: drones(data)["uav-01"]["mode"] == "RTL", what="uav-01 in RTL")
 
         # goto: the drone answers IN_PROGRESS first, then ACCEPTED
@@ -130,7 +130,7 @@ command_timeout = "700ms"
             ack_seen = any(m.get_type() == "COMMAND_ACK" and m.command == mav.MAV_CMD_DO_SET_MODE
                            and m.target_system == 255 and m.result == 0
                            for m in parser.parse_buffer(chunk) or ())
-        assert confirmation == 2  # the first copy was dropped by the drone, the resend got through
+        assert confirmation >= 2  # the first copy was dropped by the drone, a resend got through
         assert ack_seen
         wait_for(lambda: drones(data)["drone-2"]["mode"] == "LOITER", what="drone-2 in LOITER by the GCS")
     finally:
@@ -148,7 +148,7 @@ command_timeout = "700ms"
     cmds = [json.loads(x) for x in q.stdout.splitlines()]
     by_action = {c["fields"]["action"]: c for c in cmds}
     assert by_action["rtl"]["device_id"] == "uav-01" and by_action["rtl"]["priority"] == "command"
-    assert by_action["rtl"]["fields"]["result_name"] == "accepted" and by_action["rtl"]["fields"]["attempts"] == 2
+    assert by_action["rtl"]["fields"]["result_name"] == "accepted" and by_action["rtl"]["fields"]["attempts"] >= 2
     assert by_action["goto"]["fields"]["in_progress_seen"] is True
     pos = [json.loads(x) for x in run_cli("query", "position", "--device", "uav-01", "--data-dir", str(data),
                                           "--json", check=True).stdout.splitlines()]
@@ -165,7 +165,22 @@ command_timeout = "700ms"
         if m.get_type() == "COMMAND_LONG" and m.command == 20:
             confirmations.append(m.confirmation)
     conn.close()
-    assert confirmations == [0, 1]
+    assert confirmations[:2] == [0, 1] and confirmations == list(range(len(confirmations)))
     assert bad == 0 and {"HEARTBEAT", "GLOBAL_POSITION_INT", "COMMAND_ACK"} <= types
     summary = json.loads(run_cli("replay", "mavlink", str(tlogs[0]), "--summary", "--json", check=True).stdout)
     assert summary["bad_frames"] == 0 and summary["by_kind"]["position"] > 0
+
+
+def test_demo_flies_two_drones(tmp_path: Path) -> None:
+    data = tmp_path / "demo" / "data"
+    proc = run_cli("demo", "--seconds", "4", "--json", "--data-dir", str(data), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert set(summary["simulators"]["drones"]) == {"sysid 1", "sysid 2"}
+    q = run_cli("query", "position", "--data-dir", str(data), "--json", check=True)
+    devices = {json.loads(x)["device_id"] for x in q.stdout.splitlines()}
+    assert {"uav-01", "uav-02"} <= devices
+    q = run_cli("query", "presence", "--data-dir", str(data), "--json", check=True)
+    online = [r for x in q.stdout.splitlines() if (r := json.loads(x))["device_id"].startswith("uav-")]
+    assert {r["device_id"] for r in online if r["fields"]["online"]} == {"uav-01", "uav-02"}
+    assert all(r["tags"].get("kind") == "drone" for r in online)  # registry tags on drone records

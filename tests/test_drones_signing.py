@@ -152,20 +152,28 @@ def test_wrong_key_on_hub_side_means_no_ack(make_hub) -> None:
         swarm.stop()
 
 
-def test_several_endpoints_tcp_both_ways_and_rate_limits(make_hub) -> None:
-    """tcpin and tcp endpoints at once, several drones per endpoint, positions limited to 2 Hz."""
+def test_several_endpoints_tcp_both_ways_udpout_and_rate_limits(make_hub) -> None:
+    """tcpin, tcp and udpout endpoints at once, several drones per endpoint, positions limited to 2 Hz."""
     tcpin_port = free_port()
     sim_listen = free_port()
+    udp_drone = free_udp_port()
     sim_b = DroneSwarm(1, f"tcpin:127.0.0.1:{sim_listen}", sysid_base=7, gps_loss=False, rate_hz=10)
     sim_b.start()
-    hub, drones = make_hub(endpoints=[f"tcpin:127.0.0.1:{tcpin_port}", f"tcp:127.0.0.1:{sim_listen}"])
+    # a drone listening on UDP (as SITL does) only talks once it has heard the hub's heartbeat
+    sim_c = DroneSwarm(1, f"udpin:127.0.0.1:{udp_drone}", sysid_base=9, gps_loss=False)
+    sim_c.start()
+    hub, drones = make_hub(endpoints=[f"tcpin:127.0.0.1:{tcpin_port}", f"tcp:127.0.0.1:{sim_listen}",
+                                      f"udpout:127.0.0.1:{udp_drone}"])
     sim_a = DroneSwarm(2, f"tcp:127.0.0.1:{tcpin_port}", sysid_base=3, gps_loss=False, rate_hz=10)
     sim_a.start()
     try:
-        wait_for(lambda: {d["sysid"] for d in drones.list() if d["online"]} == {3, 4, 7}, what="3 drones")
+        wait_for(lambda: {d["sysid"] for d in drones.list() if d["online"]} == {3, 4, 7, 9}, what="4 drones")
         links = {d["sysid"]: d["link"] for d in drones.list()}
         assert links[3] == links[4] == f"tcpin:127.0.0.1:{tcpin_port}"
         assert links[7] == f"tcp:127.0.0.1:{sim_listen}"
+        assert links[9] == f"udpout:127.0.0.1:{udp_drone}"
+        assert drones.command("drone-9", "mode", ["BRAKE"])["accepted"]
+        assert sim_c.drones[9].mode_name == "BRAKE"
         t0 = time.monotonic()
         time.sleep(3)
         assert drones.command("drone-7", "land")["accepted"]
@@ -176,6 +184,7 @@ def test_several_endpoints_tcp_both_ways_and_rate_limits(make_hub) -> None:
     finally:
         sim_a.stop()
         sim_b.stop()
+        sim_c.stop()
     recs = records(hub)
     pos = [r for r in recs if r.kind == "position" and r.device_id == "drone-3"]
     raw = drones.drones[3].rx
@@ -245,6 +254,8 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
         configmod.load(None, {"mavlink.endpoints": ["udp:1.2.3.4:5"]}, env={})
     with pytest.raises(ConfigError, match="system id"):
         configmod.load(None, {"mavlink.drones": {"300": "x"}}, env={})
+    with pytest.raises(ConfigError, match="device id '../up'"):
+        configmod.load(None, {"mavlink.drones": {"3": "../up"}}, env={})
     ks = tmp_path / "keys.toml"
     ks.write_text('"drone-1" = ""\n')
     cfg = configmod.load(None, {"mavlink.keystore": str(ks)}, env={})
@@ -252,3 +263,31 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="drone-1: empty signing key"):
         load_keys(cfg.mavlink)
+
+
+def test_drones_from_the_registry(tmp_path: Path) -> None:
+    """A drone registered with its transport (sysid, endpoint) needs no [mavlink] config at all."""
+    from fieldhub.registry import Device, Registry
+
+    port = free_udp_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    reg = Registry(data / "registry.db")
+    reg.add(Device("uav-hb-07", "drone", "420102001001", unit="county team",
+                   transport={"sysid": 5, "endpoint": f"udpin:127.0.0.1:{port}"}))
+    reg.close()
+    hub = Hub(configmod.load(None, {"hub.data_dir": str(data), "store.enabled": False}, env={}))
+    hub.start()
+    swarm = DroneSwarm(1, f"udpout:127.0.0.1:{port}", sysid_base=5, gps_loss=False)
+    swarm.start()
+    try:
+        drones = next(c for c in hub.components if c.name == "drones")
+        wait_for(lambda: any(d["device_id"] == "uav-hb-07" and d["online"] for d in drones.list()),
+                 what="registered drone online")
+        assert drones.command("uav-hb-07", "land")["accepted"]
+    finally:
+        swarm.stop()
+        recs = records(hub, "position")
+        hub.stop()
+    assert recs and recs[0].device_id == "uav-hb-07"
+    assert recs[0].tags["admin_code"] == "420102001001" and recs[0].tags["level"] == "village"

@@ -60,3 +60,21 @@ def test_check_v2_api(victoria: VictoriaMetrics) -> None:
 def test_check_without_url_says_what_to_set() -> None:
     proc, report = check()
     assert proc.returncode == 1 and "set [influx] url" in report["diagnosis"]
+
+
+def test_https_with_our_ca_and_without(tmp_path) -> None:
+    influx = InfluxDB1(tmp_path / "tls-influx", tls=True).start()
+    vm = VictoriaMetrics(tmp_path / "tls-vm", tls=True).start()
+    try:
+        assert influx.url.startswith("https://")
+        proc, report = check(f"influx.url={influx.url}", "influx.mode=v1", f"influx.tls_ca={influx.cert}")
+        assert proc.returncode == 0 and report["ok"], report
+        proc, report = check(f"influx.url={vm.url}", "influx.mode=v2", f"influx.tls_ca={vm.cert}")
+        assert proc.returncode == 0 and report["ok"], report
+        proc, report = check(f"influx.url={influx.url}", "influx.mode=v1")  # system CAs: not trusted
+        assert proc.returncode == 1 and "TLS certificate not trusted" in report["diagnosis"]
+        proc, report = check(f"influx.url={influx.url.replace('https', 'http')}", "influx.mode=v1")
+        assert proc.returncode == 1 and "unreachable" in report["diagnosis"]
+    finally:
+        influx.stop()
+        vm.stop()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from fieldhub.influx import QUARANTINE_COUNTER, InfluxConfig, InfluxSink, InfluxWriter, make_transport
 from fieldhub.log import DurableLog
 from fieldhub.quarantine import list_items
 from fieldhub.records import Priority, Record
+from tests.conftest import run_cli
 from tests.influx_servers import InfluxDB1, VictoriaMetrics, influxdb1, victoria  # noqa: F401
 
 TAGS = {"kind": "water_gauge", "model": "wg-100", "admin_code": "420102001001", "level": "village",
@@ -202,6 +204,12 @@ def test_type_conflict_quarantines_only_the_bad_points(influxdb1: InfluxDB1, tmp
     assert "is type string, already exists as type float" in by_id[batch[80].id]["reason"]
     assert log.counters()[QUARANTINE_COUNTER] == 2
     log.close()
+    # and `fieldhub status` shows them with the hub stopped (read from the data dir)
+    proc = run_cli("status", "--json", "--data-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    info = orjson.loads(proc.stdout)["log"]
+    assert info["counters"][QUARANTINE_COUNTER] == 2 and info["quarantine_held"] == 2
+    assert info["consumers"]["influx"]["backlog_total"] == 0
 
 
 def test_batches_by_size_and_time_alarms_at_once(influxdb1: InfluxDB1, tmp_path: Path) -> None:
@@ -295,3 +303,22 @@ def test_idle_sink_shows_whether_the_server_is_reachable(influxdb1: InfluxDB1, t
         finally:
             writer.stop()
     log.close()
+
+
+def test_v1_over_https_with_our_ca(tmp_path: Path) -> None:
+    server = InfluxDB1(tmp_path / "tls", tls=True).start()
+    try:
+        log = DurableLog(tmp_path / "log.db")
+        recs = records(300)
+        log.append(recs)
+        cfg = v1_config(server, tls_ca=str(server.cert))
+        writer = InfluxWriter(log, InfluxSink(make_transport(cfg), log, hub_id="veh-test"), cfg)
+        writer.start()
+        try:
+            drain(writer)
+        finally:
+            writer.stop()
+        check_v1(server, recs)
+        log.close()
+    finally:
+        server.stop()

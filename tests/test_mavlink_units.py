@@ -74,3 +74,45 @@ def test_cli_without_hub_or_without_mavlink(tmp_path: Path) -> None:
     assert "Example:" in help_text and "fieldhub drone uav-01 rtl" in help_text
     assert "Example:" in run_cli("sim", "drone", "--help", check=True).stdout
     assert "Example:" in run_cli("drones", "--help", check=True).stdout
+
+
+def test_telemetry_long_statustext_and_nan_fields() -> None:
+    from drivers.mavlink import Telemetry
+
+    t = Telemetry(lambda sysid: f"d{sysid}")
+    enc = new_parser(1, 1)
+    text = ("PreArm: " + "x" * 60 + " end").encode()
+    out = []
+    for seq, i in enumerate(range(0, len(text), 50)):
+        m = enc.statustext_encode(4, text[i:i + 50], 7, seq)
+        out += t.handle(new_parser().parse_buffer(bytes(m.pack(enc)))[0], 10**18 + seq)
+    assert [r.fields["text"] for r in out] == [text.decode()]
+    hud = new_parser().parse_buffer(bytes(enc.vfr_hud_encode(float("nan"), 3.0, 90, 40, 12.0, 0.5).pack(enc)))[0]
+    rec = t.handle(hud, 10**18)[0]
+    assert "airspeed_ms" not in rec.fields and rec.fields["groundspeed_ms"] == 3.0
+
+
+def test_fastcrc_is_in_use() -> None:
+    """PITFALLS: pymavlink halves its speed without fastcrc, silently."""
+    assert mav.mcrf4xx is not None
+
+
+def test_keystore_keys_and_permissions(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from fieldhub import config as configmod
+    from fieldhub.drone_config import load_keys
+
+    ks = tmp_path / "drone-keys.toml"
+    ks.write_text('uav-01 = "' + "ab" * 32 + '"\nuav-02 = "county passphrase"\n')
+    os.chmod(ks, 0o600)
+    cfg = configmod.load(None, {"mavlink.keystore": str(ks),
+                                "mavlink.signing_keys": {"uav-01": "overridden", "uav-03": "inline"}}, env={})
+    keys, warnings = load_keys(cfg.mavlink)
+    assert keys["uav-01"] == bytes.fromhex("ab" * 32)  # the keystore wins over the inline key
+    assert keys["uav-02"] == hashlib.sha256(b"county passphrase").digest()
+    assert keys["uav-03"] == hashlib.sha256(b"inline").digest()
+    assert warnings == []
+    os.chmod(ks, 0o644)
+    assert "chmod 600" in load_keys(cfg.mavlink)[1][0]

@@ -79,3 +79,18 @@ def test_record_that_cannot_fit_a_short_message_is_refused() -> None:
     rec = Record.make("alarm", "d" * 60, T0, {"x": 1}, priority="alarm")
     with pytest.raises(ValidationError):
         shortmsg.encode(rec, "vehicle-01", b"k", shortmsg.budget_bytes(2))
+
+
+def test_center_store_dedupes_and_upgrades_a_short_message_summary(tmp_path) -> None:
+    from fieldhub.center import CenterStore
+
+    key = b"k" * 32
+    full = alarm("geo-monitor-17", T0, 9)
+    _, summary = shortmsg.decode(shortmsg.encode(full, "vehicle-01", key, 78), key)
+    store = CenterStore(tmp_path / "store.db")
+    assert store.write_counted([summary], "vehicle-01") == (1, 0)
+    assert store.write_counted([full], "vehicle-01") == (1, 0)  # the full record replaces the summary
+    assert store.write_counted([summary, full], "vehicle-01") == (0, 2)  # neither changes anything now
+    (got,) = list(store.query("alarm"))
+    assert got.id == full.id and got.fields["event"] == "landslide" and "via" not in got.tags
+    assert got.tags["hub"] == "vehicle-01"

@@ -138,6 +138,8 @@ def test_geo_link_outages_and_hub_kills_lose_nothing_and_alarms_go_first(tmp_pat
         status = json.loads(cli("uplink", "status", "--json", "--config", str(cfg), check=True).stdout)
         assert status["links"][0]["name"] == "geo" and status["links"][0]["state"] == "up"
         assert status["routes"]["alarm"] == "geo" and "telemetry" in status["backlog"]
+        text = cli("uplink", "status", "--config", str(cfg), check=True).stdout
+        assert "geo" in text and "telemetry" in text
         # outage 1 (rain fade: the link stalls); alarms raised in the middle of it
         em.outage(6)
         time.sleep(2)
@@ -196,6 +198,12 @@ def test_center_worker_killed_the_other_carries_on(tmp_path: Path, mosquitto) ->
                        links=[LinkConfig(name="ground", url=mosquitto.url, bandwidth="2mbit", latency=0.01)])
     up = Uplink(log, cfg, "vehicle-09")
     try:
+        junk = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="junk")
+        junk.connect("127.0.0.1", mosquitto.port)
+        junk.loop_start()
+        junk.publish("fh/hub/vehicle-09/uplink", b"not a batch", qos=1).wait_for_publish(5)
+        junk.loop_stop()
+        junk.disconnect()
         log.append(recs[:10_000])
         up.start()
         wait_until(lambda: len(center_ids(center_dir)) >= 3000, 30, "the first batches", 0.1)
@@ -205,8 +213,9 @@ def test_center_worker_killed_the_other_carries_on(tmp_path: Path, mosquitto) ->
         wait_until(lambda: len(center_ids(center_dir)) >= len(recs), 90, "every record after the kill")
         assert set(center_ids(center_dir)) == {r.id for r in recs}
         wait_until(lambda: up.status()["backlog_total"] == 0, 20, "the uplink cursor to reach the end")
-        reg = HubRegistry(center_dir / "center.db", readonly=True).hubs()
-        assert reg[0]["last_worker"] == "w2"
+        registry = HubRegistry(center_dir / "center.db", readonly=True)
+        assert registry.hubs()[0]["last_worker"] == "w2"
+        assert registry.rejected_count() == 1  # the junk payload: kept with its reason, not fatal
     finally:
         up.stop()
         log.close()

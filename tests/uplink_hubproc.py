@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -35,7 +36,8 @@ class Source:
     def __init__(self, ctx, total: int, rate: float) -> None:
         self.ctx, self.total, self.rate = ctx, total, rate
         self.progress_file = Path(ctx.data_dir) / "gen.progress"
-        self.done = int(self.progress_file.read_text()) if self.progress_file.exists() else 0
+        text = self.progress_file.read_text().strip() if self.progress_file.exists() else ""
+        self.done = int(text) if text else 0
         self._stop = threading.Event()
         ctx.control.register("test.alarm", self.alarm)
 
@@ -52,7 +54,9 @@ class Source:
             n = min(chunk, self.total - self.done)
             self.ctx.log.append([record(i) for i in range(self.done, self.done + n)])
             self.done += n
-            self.progress_file.write_text(str(self.done))
+            tmp = self.progress_file.with_suffix(".tmp")  # atomic: the process may be killed here
+            tmp.write_text(str(self.done))
+            os.replace(tmp, self.progress_file)
 
     def stop(self) -> None:
         self._stop.set()
