@@ -16,7 +16,7 @@ from drivers.transport import open_transport
 from . import profiles
 from .config import Duration
 from .errors import ConfigError, FieldhubError, ProtocolError, StorageError, ValidationError
-from .records import Record
+from .records import Priority, Record
 from .serial_sessions import SESSIONS, PtzSession, RdssSession, Session, TiantongSession
 
 
@@ -199,6 +199,13 @@ class Port:
                 self.counts["append_errors"] += 1
                 self.note("serial_append_failed", str(exc), f"写入日志失败：{exc}", level="error")
 
+    def record(self, kind: str, fields: dict[str, Any], priority: Any) -> None:
+        """A record of something the hub did on this device (a message sent), for the trail."""
+        now = time.time_ns()
+        rec = Record.make(kind, self.device_id, now, fields, tags=self.tags, priority=priority,
+                          source=self.source, key=f"out:{now}")
+        self.log.append([rec], callback=self._appended)
+
     def _appended(self, result: Any, error: BaseException | None) -> None:
         if error is not None:
             self.counts["append_errors"] += 1
@@ -289,13 +296,17 @@ class SerialIngest:
         assert isinstance(port.session, RdssSession)
         res = port.session.send(str(args["dest"]), str(args["text"]), str(args.get("encoding") or ""),
                                 bool(args.get("express")), wait=not args.get("no_wait"))
+        port.record("bd_sent", {"dest": res["dest"], "text": str(args["text"]), "bits": res["bits"],
+                                "attempts": res["attempts"], "encoding": res["encoding"]}, Priority.COMMAND)
         return {"device": port.device_id, **res}
 
     def sms_send(self, args: dict[str, Any]) -> dict[str, Any]:
         port = self._port(args, TiantongSession)
         assert isinstance(port.session, TiantongSession)
-        return {"device": port.device_id,
-                **port.session.send_sms(str(args["number"]), str(args["text"]), str(args.get("mode") or ""))}
+        res = port.session.send_sms(str(args["number"]), str(args["text"]), str(args.get("mode") or ""))
+        port.record("sms_out", {"number": res["number"], "text": str(args["text"]), "parts": res["parts"],
+                                "mode": res["mode"]}, Priority.COMMAND)
+        return {"device": port.device_id, **res}
 
     def send(self, args: dict[str, Any]) -> dict[str, Any]:
         """Any driver command, encoded by the port's driver (e.g. a DMR text message)."""

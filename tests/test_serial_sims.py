@@ -145,6 +145,9 @@ def test_rdss_interval_enforced_and_fki_retry(rig: Rig) -> None:
     texts = wait_for(lambda: {r.fields["text"] for r in rig.records("bd_message", "bd-1")} >= {"一号测试", "二号测试", "three"}
                      and {r.fields["text"] for r in rig.records("bd_message", "bd-1")}, what="TXR records")
     assert texts
+    sent = wait_for(lambda: rig.records("bd_sent", "bd-1"), what="bd_sent trail")
+    assert {r.fields["text"] for r in sent} >= {"一号测试", "二号测试", "three"}
+    assert next(r for r in sent if r.fields["text"] == "three").fields["attempts"] == 2
     card = rig.records("bd_card", "bd-1")[-1]
     assert card.fields["interval_s"] == 2 and card.tags["kind"] == "bd_terminal"
 
@@ -166,6 +169,8 @@ def test_tiantong_sms_short_long_and_retry(rig: Rig) -> None:
     assert retried["parts"] == 1 and sim.sent[-1]["text"] == "retry me"
     assert rig.status()["tt-1"]["session"]["sms_retries"] >= 1
     assert rig.records("sat_signal", "tt-1") and rig.records("sat_registration", "tt-1")
+    out = wait_for(lambda: rig.records("sms_out", "tt-1"), what="sms_out trail")
+    assert any(r.fields["text"] == long_text and r.fields["parts"] == 3 for r in out)
 
 
 def test_ptz_absolute_position_and_movement(rig: Rig) -> None:
