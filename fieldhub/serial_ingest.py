@@ -145,12 +145,25 @@ class Port:
             self._refresh_tags()
             self.framer = self.driver.framer()  # a replugged device starts a fresh stream
             self.session.task("connected")
+            self._presence(True, "port_open")
         elif state == "disconnected":
             self.note("serial_disconnected", f"port went away ({detail}); reopening with backoff",
                       f"串口断开（{detail}），正在重连")
+            self._presence(False, "port_lost", detail)
         elif state == "open_failed":
             self.note("serial_open_failed", f"cannot open {self.cfg.url}: {detail}; retrying",
                       f"无法打开 {self.cfg.url}：{detail}，重试中")
+
+    def _presence(self, online: bool, reason: str, detail: str = "") -> None:
+        """Port up/down as a ``presence`` record (an unplugged adapter is an alarm, as for drones)."""
+        fields: dict[str, Any] = {"online": online, "reason": reason, "url": self.cfg.url}
+        if detail:
+            fields["detail"] = detail[:200]
+        try:
+            self.record("presence", fields, Priority.TELEMETRY if online else Priority.ALARM)
+        except StorageError as exc:
+            self.counts["append_errors"] += 1
+            self.note("serial_append_failed", str(exc), f"写入日志失败：{exc}", level="error")
 
     def _refresh_tags(self) -> None:
         """A device registered (or moved) while the hub runs gets its tags at the next connect."""

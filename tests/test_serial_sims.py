@@ -105,6 +105,9 @@ def test_unplug_replug_while_data_flows(rig: Rig) -> None:
     after = wait_for(lambda: (s := rig.status()["gnss-1"])["frames"] > before["frames"] + 20 and s, what="data again")
     assert after["opens"] >= before["opens"] + 1 and after["disconnects"] >= before["disconnects"] + 1
     assert after["open_failures"] >= 1  # the link path was gone for a while and the port kept retrying
+    presence = wait_for(lambda: (p := [(r.fields["online"], r.priority) for r in rig.records("presence", "gnss-1")])
+                        and p[-1][0] and len(p) >= 3 and p, what="presence records")
+    assert presence[-3:] == [(True, Priority.TELEMETRY), (False, Priority.ALARM), (True, Priority.TELEMETRY)]
 
 
 def test_noise_is_counted_and_quarantine_rate_limited(rig: Rig) -> None:
@@ -262,7 +265,9 @@ def test_lrrp_over_udp(tmp_path: Path, fixtures_dir: Path) -> None:
         port.stop()
     recs = [e.record for e in log.cursor("t").read(100)]
     log.close()
-    assert sum(1 for r in recs if r.kind == "position") == 4 and len(recs) == len(docs) == 8
+    data = [r for r in recs if r.kind != "presence"]
+    assert sum(1 for r in data if r.kind == "position") == 4 and len(data) == len(docs) == 8
+    assert [r.fields["online"] for r in recs if r.kind == "presence"] == [True]
 
 
 def test_dmr_text_and_ptz_from_cli(rig: Rig, cli) -> None:
