@@ -35,6 +35,8 @@ class SerialPortConfig:
     profile: str = ""
     #: baud rate (0 = the profile's)
     baud: int = 0
+    #: how often to poll the device (Tiantong CSQ/CREG, PTZ position); 0 = the profile's
+    poll_interval: Duration = Duration(0)
     enabled: bool = True
 
 
@@ -104,6 +106,8 @@ class Port:
                                          backoff_initial=float(settings.backoff_initial),
                                          backoff_max=float(settings.backoff_max), on_state=self._on_state)
         self.session: Session = SESSIONS[cfg.driver](self, profile)
+        if cfg.poll_interval:
+            self.session.poll_interval = float(cfg.poll_interval)
         self.counts: Counter[str] = Counter({k: 0 for k in (
             "frames", "records", "bad_frames", "quarantined", "quarantine_suppressed", "append_errors",
             "connects")})

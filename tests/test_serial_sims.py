@@ -340,3 +340,24 @@ def test_tiantong_call_state(rig: Rig) -> None:
     rig.call("serial.send", {"device": "tt-1", "command": {"at": "ATH"}})
     wait_for(lambda: any(r.fields["state"] == "ended" for r in rig.records("sat_call", "tt-1")), what="call ended")
     assert sim.call is None
+
+
+def test_tiantong_poll_interval(tmp_path: Path) -> None:
+    """Signal and registration are polled on the port's interval (overriding the profile's 30 s)."""
+    from fieldhub.log import DurableLog
+    from fieldhub.serial_ingest import SerialPortConfig, open_port
+
+    log = DurableLog(tmp_path / "log.db")
+    with TiantongSim() as sim:
+        port = open_port(SerialPortConfig("tt-poll", "tiantong", sim.path, poll_interval=0.3), log=log)
+        port.start()
+        try:
+            def polled() -> list:
+                return [e.record for e in log.cursor("t").read(1000) if e.record.kind == "sat_signal"]
+            recs = wait_for(lambda: len(p := polled()) >= 6 and p, timeout=15, what="six polls")
+        finally:
+            port.stop()
+    log.close()
+    gaps = [(b.ts - a.ts) / 1e9 for a, b in zip(recs, recs[1:])]
+    assert all(g >= 0.25 for g in gaps)  # never faster than the interval
+    assert all(r.fields["dbm"] == -113 + 2 * r.fields["rssi"] for r in recs)
