@@ -169,7 +169,9 @@ def test_tiantong_sms_short_long_and_retry(rig: Rig) -> None:
     assert sms[0].fields["parts"] == 3 and sms[0].fields["sender"] == sim.own_number
     sim.fail_next = 1
     retried = rig.call("serial.sms_send", {"number": "10086", "text": "retry me"})
-    assert retried["parts"] == 1 and sim.sent[-1]["text"] == "retry me"
+    assert retried["parts"] == 1 and retried["retries"] == 1 and sim.sent[-1]["text"] == "retry me"
+    accents = rig.call("serial.sms_send", {"number": "10086", "text": "café, 5 £\nline two"})
+    assert accents["coding"] == "ucs2" and sim.sent[-1]["text"] == "café, 5 £\nline two"
     assert rig.status()["tt-1"]["session"]["sms_retries"] >= 1
     assert rig.records("sat_signal", "tt-1") and rig.records("sat_registration", "tt-1")
     out = wait_for(lambda: rig.records("sms_out", "tt-1"), what="sms_out trail")
