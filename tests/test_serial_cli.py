@@ -106,9 +106,12 @@ def test_direct_port_retry_after_fki(cli, profile: str) -> None:
 
 def test_direct_sms_and_missing_port(cli, tmp_path: Path) -> None:
     with TiantongSim() as tt:
+        tt.fail_next = 1  # the first submission fails (+CMS ERROR 332, network timeout): retried
         proc = cli("tiantong", "send", "10086", "hello from the vehicle", "--port", tt.path, "--json", timeout=60)
         assert proc.returncode == 0, proc.stderr
+        assert orjson.loads(proc.stdout)["retries"] == 1
         assert tt.sent[-1] == {**tt.sent[-1], "number": "10086", "text": "hello from the vehicle"}
+        assert len(tt.sent) == 1
     gone = cli("tiantong", "send", "10086", "x", "--port", str(tmp_path / "nope"))
     assert gone.returncode == 1 and "cannot open" in gone.stderr and "Traceback" not in gone.stderr
 
