@@ -34,6 +34,8 @@ from .uplink_codec import Batch, encode_batch
 from .uplink_config import UplinkConfig
 
 CONSUMER = "uplink"
+#: classes that may go beyond the window, so they never wait for an ack to be sent
+URGENT = (Priority.ALARM, Priority.COMMAND)
 
 
 @dataclass
@@ -137,6 +139,10 @@ class Uplink:
                     break
                 sent = True
                 self._drain_acks()
+            # urgent lane: an alarm or command does not wait for a window slot (at most 2 extra)
+            urgent = [p for p in classes if p in URGENT]
+            if urgent and self._in_flight(link.name) < self.cfg.window + 2:
+                sent = self._send_batch(link, urgent) or sent
         return sent
 
     def _in_flight(self, link: str) -> int:
@@ -167,8 +173,9 @@ class Uplink:
             self.stats["send_errors"] += 1
             link.last_error = str(exc)
             return False
-        old = self._bpr.get(link.name, len(payload) / len(entries))
-        self._bpr[link.name] = 0.7 * old + 0.3 * len(payload) / len(entries)
+        if len(entries) >= 100:  # a lone alarm's header would skew the estimate for bulk batches
+            old = self._bpr.get(link.name, len(payload) / len(entries))
+            self._bpr[link.name] = 0.7 * old + 0.3 * len(payload) / len(entries)
         for p, (_after, hi) in ranges.items():
             self._sent[p] = max(self._sent[p], hi)
         self._inflight[bid] = _Flight(link.name, ranges, time.monotonic(), len(entries), len(payload))

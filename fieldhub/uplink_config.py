@@ -86,11 +86,11 @@ class UplinkConfig:
     #: the bearers, tried by cost: [[uplink.links]] tables (see docs/uplink.md)
     links: list[LinkConfig] = field(default_factory=list)
     #: most records in one batch
-    batch_records: int = 50_000
+    batch_records: int = 10_000
     #: target link time per batch (batch size follows the link's bandwidth)
     batch_time: Duration = Duration(1.0)
     #: unacknowledged batches in flight per link
-    window: int = 3
+    window: int = 4
     #: resend a batch the center has not acknowledged within this long
     ack_timeout: Duration = Duration(30)
     #: how often each link is probed (RTT, loss)
