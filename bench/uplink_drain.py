@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def drain(name: str, recs: list, a: argparse.Namespace, bps: float, lat: float, 
     up.start()
     while not up.manager.links[0].up():
         time.sleep(0.01)
-    t0, b0 = time.monotonic(), link_bytes_up(control)
+    t0, b0, cpu0 = time.monotonic(), link_bytes_up(control), time.process_time()
+    center_cpu0 = sum(proc_cpu(w.pid) for w in workers)
     last, prio = log.last_seq, int(recs[0].priority)
     alarm_latency = None
     while log.positions("uplink")[prio] < last:  # cheap: no count(*) over the backlog
@@ -86,6 +88,8 @@ def drain(name: str, recs: list, a: argparse.Namespace, bps: float, lat: float, 
             alarm_latency = alarm_during_drain(log, tmp / "center")
         time.sleep(0.05)
     elapsed = time.monotonic() - t0
+    hub_cpu = time.process_time() - cpu0
+    center_cpu = sum(proc_cpu(w.pid) for w in workers) - center_cpu0
     wire = (link_bytes_up(control) - b0) * 8 / elapsed
     payload = up.stats["bytes_sent"] * 8 / elapsed
     up.stop()
@@ -100,7 +104,14 @@ def drain(name: str, recs: list, a: argparse.Namespace, bps: float, lat: float, 
             "records_per_s": round(len(recs) / elapsed), "wire_fraction": round(wire / bps, 3),
             "payload_fraction": round(payload / bps, 3), "bytes_per_record": round(up.stats["bytes_sent"] / len(recs), 2),
             "batches": up.stats["batches_sent"], "resent": up.stats["resent_batches"],
-            "alarm_latency_s": alarm_latency}
+            "alarm_latency_s": alarm_latency, "hub_cpu_us_per_record": round(hub_cpu / len(recs) * 1e6, 1),
+            "center_cpu_us_per_record": round(center_cpu / len(recs) * 1e6, 1)}
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def link_bytes_up(control: int) -> int:
@@ -149,7 +160,8 @@ def main() -> None:
         print(f"  {r['data']}: {r['records']:,} records in {r['seconds']} s = {r['records_per_s']:,} records/s; "
               f"wire {r['wire_fraction']:.0%} of the link bandwidth, batch payload {r['payload_fraction']:.0%}; "
               f"{r['bytes_per_record']} B/record, {r['batches']} batches, {r['resent']} resent; an alarm raised "
-              f"mid-drain reached the center in {r['alarm_latency_s']} s (batch time {a.batch_time} s, window {a.window})")
+              f"mid-drain reached the center in {r['alarm_latency_s']} s (batch time {a.batch_time} s, window {a.window}); "
+              f"CPU per record: hub {r['hub_cpu_us_per_record']} us, center {r['center_cpu_us_per_record']} us")
 
 
 if __name__ == "__main__":
