@@ -390,6 +390,32 @@ def quarantine_list(cfg, source, state, limit, as_json) -> None:
             i["payload_preview"]] for i in items], title=f"{len(items)} quarantined ({state})")
 
 
+@main.command()
+@click.option("--level", type=click.Choice(["info", "warning", "error"]), default="info", show_default=True,
+              help="Lowest level shown.")
+@click.option("--limit", default=50, show_default=True, help="How many of the latest entries.")
+@hub_options
+@json_option
+@example("fieldhub events --level warning --limit 20")
+def events(cfg, level, limit, as_json) -> None:
+    """The operator log: what the hub did and what went wrong (操作日志), newest last."""
+    from fieldhub.hub import OPLOG_FILE
+    from fieldhub.oplog import LEVELS, tail
+
+    entries = tail(cfg.data_dir / OPLOG_FILE, limit, LEVELS[LEVELS.index(level):])
+    if as_json:
+        out = sys.stdout.buffer
+        for e in entries:
+            out.write(orjson.dumps(e) + b"\n")
+        out.flush()
+        return
+    for e in entries:
+        click.echo(f"{local_time(e.get('ts'))} {e.get('level', '?'):<7} {e.get('event', '')}: "
+                   f"{e.get('message', '')}")
+        if e.get("message_zh") and e.get("message_zh") != e.get("message"):
+            click.echo(f"{'':>33}{e['message_zh']}")
+
+
 # ----------------------------------------------------------------------------- replay / sim
 @main.command()
 @click.argument("driver")
@@ -444,12 +470,16 @@ def demo(seconds, data_dir, as_json) -> None:
 # and adds one line in its slot below.
 
 # MQTT: quarantine readmit, provision, sim village (issue 3)
+__import__("fieldhub.cli_mqtt").cli_mqtt.register(main, sim)
 
 # serial: profiles, sim serial, bd/tiantong send (issue 4)
+__import__("fieldhub.cli_serial").cli_serial.register(main, sim)
 
 # drones: drone, sim drone (issue 5)
+__import__("fieldhub.cli_mavlink").cli_mavlink.register(main, sim)
 
 # InfluxDB: influx check (issue 6)
+__import__("fieldhub.cli_influx").cli_influx.register(main, sim)
 
 # uplink: uplink status, sim link, center (issue 7)
 from fieldhub.cli_uplink import register as _register_uplink; _register_uplink(main, sim)  # noqa: E402,E702

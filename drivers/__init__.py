@@ -16,8 +16,10 @@ from .base import Driver, Frame, Framer, ParseContext, Parser
 DRIVERS: dict[str, str] = {
 
     # serial families (issue 4): nmea, beidou_rdss, tiantong, dmr, pelco_d
+    **{n: f"drivers.{n}" for n in ("nmea", "beidou_rdss", "tiantong", "dmr", "pelco_d")},
 
     # mavlink (issue 5)
+    "mavlink": "drivers.mavlink",
 }
 
 

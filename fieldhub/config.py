@@ -112,13 +112,16 @@ SECTIONS: dict[str, str] = {
     "hub": "fieldhub.config:HubConfig",
     "log": "fieldhub.config:LogConfig",
     "store": "fieldhub.config:StoreConfig",
-    "mqtt": "fieldhub.config:MqttConfig",
+    "mqtt": "fieldhub.mqtt_ingest:MqttConfig",
 
     # serial devices (issue 4)
+    "serial": "fieldhub.serial_ingest:SerialConfig",
 
     # drones / MAVLink (issue 5)
+    "mavlink": "fieldhub.drone_config:MavlinkConfig",
 
     # InfluxDB sink (issue 6)
+    "influx": "fieldhub.influx:InfluxConfig",
 
     # uplink, links, center (issue 7)
     "uplink": "fieldhub.uplink_config:UplinkConfig",

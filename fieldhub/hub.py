@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import orjson
+
 from . import __version__
 from .config import Config
 from .consumer import ConsumerRunner
@@ -22,8 +24,8 @@ from .oplog import OpLog
 from .registry import Registry
 from .store import LocalStore
 
-LOG_FILE, STORE_FILE, REGISTRY_FILE, OPLOG_FILE, LOCK_FILE = (
-    "log.db", "store.db", "registry.db", "oplog.jsonl", "hub.lock")
+LOG_FILE, STORE_FILE, REGISTRY_FILE, OPLOG_FILE, LOCK_FILE, HUB_INFO_FILE = (
+    "log.db", "store.db", "registry.db", "oplog.jsonl", "hub.lock", "hub.json")
 
 
 class Component(Protocol):
@@ -59,12 +61,16 @@ COMPONENTS: tuple[str, ...] = (
     "fieldhub.hub:build_store",
 
     # MQTT ingest, presence (issue 3)
+    "fieldhub.mqtt_ingest:build",
 
     # serial devices (issue 4)
+    "fieldhub.serial_ingest:build",
 
     # drones / MAVLink (issue 5)
+    "fieldhub.drones:build_drones",
 
     # InfluxDB sink (issue 6)
+    "fieldhub.influx:build",
 
     # uplink (issue 7)
     "fieldhub.uplink:build",
@@ -150,6 +156,9 @@ class Hub:
 
     def start(self) -> None:
         self.started = time.time()
+        info = {"hub_id": self.config.hub.id, "version": __version__, "pid": os.getpid(),
+                "started_ns": time.time_ns()}
+        (self.data_dir / HUB_INFO_FILE).write_bytes(orjson.dumps(info))
         self.oplog.write("info", "hub_started", f"hub {self.config.hub.id} started (v{__version__})",
                          f"hub {self.config.hub.id} 已启动", pid=os.getpid())
         self.control.start()

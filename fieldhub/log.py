@@ -15,10 +15,10 @@ each eviction is counted, raised as an alarm record and written to the operator 
 from __future__ import annotations
 
 import os
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -31,7 +31,7 @@ from .records import PROTECTED, Priority, Record, now_ns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log(
-    seq INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: cursors stay valid after compaction
     id TEXT NOT NULL,
     prio INTEGER NOT NULL,
     body BLOB NOT NULL
@@ -109,7 +109,7 @@ class DurableLog:
     """Append-only record log with per-consumer cursors; see the module docstring."""
 
     def __init__(self, path: Path | str, *, commit_interval: float = 0.01, commit_max: int = 2000,
-                 disk_cap: int | None = None, max_pending: int = 200_000,
+                 disk_cap: int | None = None, max_pending: int = 50_000,
                  compact_interval: float = 5.0, oplog: OpLog | None = None,
                  hub_id: str = "hub") -> None:
         self.path = Path(path)
@@ -119,9 +119,12 @@ class DurableLog:
         self.compact_interval = compact_interval
         self.oplog = oplog or OpLog(None)
         self.hub_id = hub_id
-        self._queue: queue.Queue[_Op | None] = queue.Queue()
-        self._pending = threading.BoundedSemaphore(max_pending) if max_pending else None
+        self._ops: deque[_Op | None] = deque()
+        self._wake = threading.Event()
+        # backpressure: appenders wait while this many records are queued but not committed
         self._max_pending = max_pending
+        self._blocked = 0
+        self._pending_cv = threading.Condition()
         self._changed = threading.Condition()
         self._last_seq = 0
         self._closed = False
@@ -143,8 +146,19 @@ class DurableLog:
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
-        self._last_seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
+        self._last_seq = self._high_water()
         self._counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def _high_water(self) -> int:
+        """The highest seq ever used; never below any cursor, so new records are never skipped."""
+        db = self._db
+        used = db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name='log'").fetchone()[0]
+        top = max(used, db.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0],
+                  db.execute("SELECT coalesce(max(seq), 0) FROM cursors").fetchone()[0])
+        if top > used:
+            db.execute("DELETE FROM sqlite_sequence WHERE name='log'")
+            db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('log', ?)", (top,))
+        return top
 
     def _recover(self, exc: BaseException) -> None:
         """A damaged file: move it aside, salvage every readable row, start a clean file."""
@@ -244,13 +258,12 @@ class DurableLog:
                 timeout: float | None, size: int = 1):
         if self._closed:
             raise StorageError("the log is closed")
-        if self._pending is not None and kind == "append":
-            size = min(size, self._max_pending)
-            for _ in range(size):
-                if not self._pending.acquire(timeout=timeout if timeout is not None else 60):
-                    raise StorageError("the log writer is not keeping up (pending queue full)")
+        if kind == "append" and self._max_pending and len(self._ops) >= self._max_pending:
+            self._wait_for_room(timeout if timeout is not None else 60)
         op = _Op(kind, payload, callback, None if callback else threading.Event(), size=size)
-        self._queue.put(op)
+        self._ops.append(op)
+        if not self._wake.is_set():
+            self._wake.set()
         if callback is not None:
             return None
         assert op.done is not None
@@ -261,43 +274,51 @@ class DurableLog:
         return op.result
 
     def _run(self) -> None:
+        """Writer loop: take what is queued (waiting up to ``commit_interval`` for more, at most
+        ``commit_max`` records), commit it in one transaction, tell every waiter."""
+        ops = self._ops
         next_maint = time.monotonic() + self.compact_interval
-        while True:
-            op = self._queue.get()
-            if op is None:
-                break
-            group = [op]
-            n = op.size
+        stop = False
+        while not stop:
+            if not ops:
+                self._wake.wait(max(0.0, min(1.0, next_maint - time.monotonic())))
+                self._wake.clear()
+            group: list[_Op] = []
+            n = 0
             deadline = time.monotonic() + self.commit_interval
-            stop = False
             while n < self.commit_max:
-                remaining = deadline - time.monotonic()
-                try:
-                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
+                if not ops:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not group:
+                        break
+                    self._wake.wait(remaining)
+                    self._wake.clear()
+                    continue
+                op = ops.popleft()
+                if op is None:
                     stop = True
                     break
-                group.append(nxt)
-                n += nxt.size
-            self._commit_group(group)
+                group.append(op)
+                n += op.size
+            if group:
+                self._commit_group(group)
             if time.monotonic() >= next_maint:
                 self._maintain()
                 next_maint = time.monotonic() + self.compact_interval
-            if stop:
-                break
         self._maintain()
 
     def _commit_group(self, group: list[_Op]) -> None:
         db = self._db
         results: list[tuple[_Op, object]] = []
+        top = self._last_seq
         try:
             if self.disk_cap and any(op.kind == "append" for op in group):
                 self._enforce_cap(group)
             db.execute("BEGIN IMMEDIATE")
+            appends = [op for op in group if op.kind == "append"]
+            bulk = self._bulk_append(appends) if len(appends) > 1 else {}
             for op in group:
-                results.append((op, self._apply(op)))
+                results.append((op, bulk[id(op)] if id(op) in bulk else self._apply(op)))
             db.execute("COMMIT")
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear about the failure
             try:
@@ -306,17 +327,14 @@ class DurableLog:
                 pass
             err = self._map_error(exc)
             self.stats["append_errors"] += 1
+            self._release()
             for op in group:
-                if op.kind == "append" and self._pending is not None:
-                    self._release(op.size)
                 op.finish(None, err)
             return
         self.stats["commits"] += 1
-        top = self._last_seq
+        self._release()
         for op, result in results:
             if op.kind == "append":
-                if self._pending is not None:
-                    self._release(op.size)
                 assert isinstance(result, AppendResult)
                 self.stats["appended"] += result.added
                 self.stats["duplicates"] += result.duplicates
@@ -328,13 +346,23 @@ class DurableLog:
             with self._changed:
                 self._changed.notify_all()
 
-    def _release(self, size: int) -> None:
-        assert self._pending is not None
-        for _ in range(size):
+    def _wait_for_room(self, timeout: float) -> None:
+        """Backpressure: block the appender while too many appends are queued."""
+        deadline = time.monotonic() + timeout
+        with self._pending_cv:
+            self._blocked += 1
             try:
-                self._pending.release()
-            except ValueError:
-                break
+                while len(self._ops) >= self._max_pending:
+                    if time.monotonic() > deadline:
+                        raise StorageError("the log writer is not keeping up (pending queue full)")
+                    self._pending_cv.wait(0.05)
+            finally:
+                self._blocked -= 1
+
+    def _release(self) -> None:
+        if self._blocked:
+            with self._pending_cv:
+                self._pending_cv.notify_all()
 
     def _map_error(self, exc: BaseException) -> BaseException:
         if isinstance(exc, DiskFullError):
@@ -344,12 +372,29 @@ class DurableLog:
             self.stats["disk_full"] += 1
             self.oplog.write("error", "disk_full", f"log write failed: {text}",
                              f"日志写入失败（磁盘已满）：{text}")
-            return DiskFullError(f"log {self.path}: {text}")
+            return DiskFullError(f"log {self.path}: cannot write, disk full or failing ({text}) "
+                                 f"/ 磁盘已满或故障，无法写入")
         if isinstance(exc, (sqlite3.Error, OSError)):
             self.oplog.write("error", "log_write_failed", f"log write failed: {text}",
                              f"日志写入失败：{text}")
             return StorageError(f"log {self.path}: {text}")
         return exc
+
+    def _bulk_append(self, ops: list[_Op]) -> dict[int, AppendResult]:
+        """All appends of a group in one statement; if any id was a duplicate, redo them one
+        by one so each caller learns its own count (duplicates are rare: redeliveries)."""
+        db = self._db
+        rows = [(r.id, int(r.priority), orjson.dumps(_body(r))) for op in ops for r in op.payload]  # type: ignore[attr-defined]
+        db.execute("SAVEPOINT bulk")
+        before = db.total_changes
+        db.executemany("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)", rows)
+        if db.total_changes - before != len(rows):
+            db.execute("ROLLBACK TO bulk")
+            db.execute("RELEASE bulk")
+            return {}
+        db.execute("RELEASE bulk")
+        self._last_seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name='log'").fetchone()[0]
+        return {id(op): AppendResult(op.size, 0) for op in ops}
 
     def _apply(self, op: _Op) -> object:
         db = self._db
@@ -361,7 +406,8 @@ class DurableLog:
                 [(r.id, int(r.priority), orjson.dumps(_body(r))) for r in records])
             added = db.total_changes - before
             if added:
-                self._last_seq = db.execute("SELECT max(seq) FROM log").fetchone()[0]
+                self._last_seq = db.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name='log'").fetchone()[0]
             return AppendResult(added, len(records) - added)
         if op.kind == "cursor":
             consumer, positions = op.payload  # type: ignore[misc]
@@ -465,7 +511,7 @@ class DurableLog:
             self.oplog.write("error", "disk_cap_full",
                              f"disk cap {self.disk_cap} bytes reached and only alarm/command "
                              "records remain: refusing new records",
-                             f"达到磁盘上限且只剩告警/指令记录：拒绝写入新记录")
+                             "达到磁盘上限且只剩告警/指令记录：拒绝写入新记录")
             raise DiskFullError(
                 f"log {self.path}: disk cap of {self.disk_cap} bytes reached; only alarm and "
                 "command records remain, which are never evicted")
@@ -535,7 +581,8 @@ class DurableLog:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
+        self._ops.append(None)
+        self._wake.set()
         self._writer.join()
         self._db.close()
         with self._changed:

@@ -57,7 +57,7 @@ class AdminCode:
         groups = [code[2:4], code[4:6], code[6:9], code[9:12]]
         # a zero group may only be followed by zero groups (no village without a township...)
         seen_zero = False
-        for name, g in zip(("city", "county", "township", "village"), groups):
+        for name, g in zip(("city", "county", "township", "village"), groups, strict=True):
             if int(g) == 0:
                 seen_zero = True
             elif seen_zero:

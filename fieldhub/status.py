@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .config import Config
 from .log import DurableLog, backlog, connect
 from .oplog import tail
@@ -28,11 +30,19 @@ def _file_size(path: Path) -> int:
 
 def collect(config: Config, *, log: DurableLog | None = None,
             registry: Registry | None = None) -> dict[str, Any]:
-    from .hub import LOG_FILE, OPLOG_FILE, REGISTRY_FILE, STORE_FILE
+    from .hub import HUB_INFO_FILE, LOG_FILE, OPLOG_FILE, REGISTRY_FILE, STORE_FILE
 
     data_dir = config.data_dir
     out: dict[str, Any] = {"hub_id": config.hub.id, "data_dir": str(data_dir), "running": False,
                            "time_utc_ns": time.time_ns()}
+    info_path = data_dir / HUB_INFO_FILE
+    if log is None and info_path.exists():  # the hub that last ran here names itself
+        try:
+            info = orjson.loads(info_path.read_bytes())
+            out["hub_id"] = info.get("hub_id", out["hub_id"])
+            out["last_started_ns"] = info.get("started_ns")
+        except (orjson.JSONDecodeError, OSError):
+            pass
     # devices, online/offline from the local store's last record per device
     reg = registry or (Registry(data_dir / REGISTRY_FILE) if (data_dir / REGISTRY_FILE).exists() else None)
     last_seen: dict[str, int] = {}

@@ -11,10 +11,13 @@ DEMO: tuple[str, ...] = (
     "simulators.loadgen:DemoLoad",
 
     # village fleet over MQTT (issue 3)
+    "simulators.village:DemoVillage",
 
     # serial devices behind ptys (issue 4)
+    "simulators.serial_demo:SerialDemo",
 
     # drones (issue 5)
+    "simulators.drone:DemoDrones",
 
     # links (issue 7)
     "simulators.uplink_demo:DemoUplink",
