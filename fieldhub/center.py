@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from . import shortmsg
-from .bearers import mqtt_client, parse_sentence
+from .bearers import mqtt_client
 from .errors import ProtocolError, StorageError
 from .log import connect
 from .oplog import OpLog
@@ -207,8 +207,11 @@ class CenterWorker:
     def _beidou_loop(self, stop: threading.Event) -> None:
         import serial
 
+        from drivers import beidou_rdss
+        from drivers.sentence import split_fields
+
         port = None
-        buf = b""
+        framer = beidou_rdss.framer()
         while not stop.is_set():
             if port is None:
                 try:
@@ -222,12 +225,10 @@ class CenterWorker:
             except OSError:
                 port = None
                 continue
-            buf = (buf + data)[-4096:]
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                fields = parse_sentence(line)
-                if fields and fields[0].endswith("TXR") and len(fields) >= 6:
-                    self.handle_short(fields[2], fields[5])
+            for frame in framer.feed(data):
+                f = split_fields(frame.raw) if frame.ok else []
+                if len(f) >= 6 and f[0].endswith(b"TXR"):
+                    self.handle_short(f[2].decode("ascii", "replace"), f[5].decode("ascii", "replace"))
 
     def handle_short(self, sender: str, content: str) -> None:
         try:

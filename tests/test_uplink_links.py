@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from fieldhub.center import HubRegistry
 from fieldhub.log import DurableLog
 from fieldhub.mosquitto import free_port
@@ -106,3 +108,34 @@ def test_beidou_only_alarm_arrives_as_a_short_message_within_one_card_interval(t
         log.close()
         stop(worker)
         net.stop()
+
+
+@pytest.mark.parametrize("profile", ["rdss-bd2-level3", "rdss-bd3"])
+def test_beidou_bearer_drives_the_rdss_module_simulator(profile: str) -> None:
+    """The bearer against the serial feature's RDSS module simulator (BD-2 and BD-3 feedback)."""
+    from fieldhub.bearers import BeidouBearer
+    from fieldhub.errors import TransportError
+    from simulators.rdss import RdssSim
+
+    sim = RdssSim(card="0242286", interval=30, profile=profile)
+    sim.start()
+    lines: list[list[str]] = []
+    bearer = BeidouBearer(LinkConfig(name="bd", kind="beidou", url=sim.path, dest_card="0242286",
+                                     card_interval=30), "vehicle-01", on_line=lines.append)
+    try:
+        bearer.start()
+        wait_until(bearer.up, 10, "the card info", 0.05)
+        assert bearer.card["card"] == "0242286" and bearer.interval == 30
+        payload = bytes(range(70))
+        bearer.send(payload)
+        assert sim.sent[-1]["hex"] == payload.hex().upper()
+        wait_until(lambda: any(f[0] == "BDTXR" for f in lines), 5, "the loopback message", 0.05)
+        txr = next(f for f in lines if f[0] == "BDTXR")
+        assert txr[-1] == payload.hex().upper()
+        assert not bearer.ready()  # the bearer itself keeps to the card interval
+        with pytest.raises(TransportError, match="refused"):
+            bearer.send(b"too soon")  # and the module's refusal is reported, not lost
+        assert bearer.status()["refused"] == 1 and bearer.status()["messages_sent"] == 1
+    finally:
+        bearer.stop()
+        sim.stop()
