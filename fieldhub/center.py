@@ -158,7 +158,13 @@ class CenterWorker:
             broker, f"fh-center-{self.worker}", protocol=mqtt.MQTTv5, manual_ack=True, **(tls or {}))
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.on_disconnect = self._on_disconnect
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if self.connected.is_set():
+            self.oplog.write("warning", "center_disconnected", f"broker connection lost: {rc}; reconnecting",
+                             f"与代理的连接断开：{rc}，正在重连")
+        self.connected.clear()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
@@ -170,10 +176,15 @@ class CenterWorker:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             self.handle(msg.topic, msg.payload)
-        except StorageError as exc:
+        except (StorageError, sqlite3.Error) as exc:
             # not durable: no ack at all; the hub resends after its ack timeout
             self.stats["write_errors"] += 1
             self.oplog.write("error", "center_write_failed", f"write failed: {exc}", f"写入失败：{exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - paho's network thread must survive any one batch
+            self.stats["write_errors"] += 1
+            self.oplog.write("error", "center_batch_failed", f"{msg.topic}: {type(exc).__name__}: {exc}",
+                             f"{msg.topic}：批次处理失败：{exc}")
             return
         client.ack(msg.mid, msg.qos)
 
