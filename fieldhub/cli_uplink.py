@@ -151,9 +151,9 @@ def register(main: click.Group, sim: click.Group) -> None:
             raise ConfigError("--mac-key is not hex", file="command line") from None
         sink = None
         if influx:
-            from .center_influx import InfluxV1
+            from .center_influx import CenterInflux
 
-            sink = InfluxV1(influx, influx_db)
+            sink = CenterInflux(influx, influx_db)
         tls = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
         w = CenterWorker(broker, _center_dir(data_dir), worker=worker, influx=sink, beidou_port=beidou_port,
                          mac_key=key, tls=tls)
