@@ -31,11 +31,14 @@ from .log import DurableLog, Entry
 from .oplog import OpLog
 from .records import Priority, now_ns
 from .uplink_codec import Batch, encode_batch
+from .tiantong_bearer import TiantongSmsBearer
 from .uplink_config import UplinkConfig
 
 CONSUMER = "uplink"
 #: classes that may go beyond the window, so they never wait for an ack to be sent
 URGENT = (Priority.ALARM, Priority.COMMAND)
+#: bearers that carry one record summary per message (not batches)
+SHORT = (BeidouBearer, TiantongSmsBearer)
 
 
 @dataclass
@@ -91,8 +94,8 @@ class Uplink:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.manager.start()
-        for target, name in ((self._run, "uplink"), (self._run_beidou, "uplink-beidou")):
-            if name == "uplink-beidou" and not any(isinstance(b, BeidouBearer) for b in self.manager.links):
+        for target, name in ((self._run, "uplink"), (self._run_beidou, "uplink-short")):
+            if name == "uplink-short" and not any(isinstance(b, SHORT) for b in self.manager.links):
                 continue
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -260,13 +263,13 @@ class Uplink:
     def _run_beidou(self) -> None:
         while not self._stop.wait(0.25):
             for link in self.manager.links:
-                if isinstance(link, BeidouBearer) and link.ready():
+                if isinstance(link, SHORT) and link.ready():
                     try:
                         self._beidou_once(link)
                     except StorageError as exc:
                         link.last_error = str(exc)
 
-    def _beidou_once(self, link: BeidouBearer) -> None:
+    def _beidou_once(self, link: Any) -> None:
         mine = [p for p in (Priority.ALARM, Priority.POSITION) if self.manager.best(p) is link]
         rec = None
         if Priority.ALARM in mine:
@@ -283,7 +286,9 @@ class Uplink:
         if rec is None:
             return
         try:
-            payload = shortmsg.encode(rec, self.hub_id, self._mac_key, shortmsg.budget_bytes(link.config.card_level))
+            budget = (shortmsg.budget_bytes(link.config.card_level) if isinstance(link, BeidouBearer)
+                      else link.budget)
+            payload = shortmsg.encode(rec, self.hub_id, self._mac_key, budget)
             link.send(payload)
         except ValidationError as exc:
             self._beidou_sent[rec.id] = time.time()  # cannot ever fit: do not retry it each interval

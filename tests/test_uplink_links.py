@@ -139,3 +139,55 @@ def test_beidou_bearer_drives_the_rdss_module_simulator(profile: str) -> None:
     finally:
         bearer.stop()
         sim.stop()
+
+
+def test_tiantong_sms_only_alarm_reaches_the_center(tmp_path: Path, mosquitto) -> None:
+    """Hub terminal -> (the test relays SMS like the network) -> center terminal -> center."""
+    import threading
+
+    from simulators.tiantong import TiantongSim
+
+    hub_sim = TiantongSim(own_number="+8617400000001").start()
+    center_sim = TiantongSim(own_number="+8617400000999").start()
+    stop_relay = threading.Event()
+
+    def relay() -> None:
+        done = 0
+        while not stop_relay.wait(0.1):
+            for msg in hub_sim.sent[done:]:
+                if msg["number"] == center_sim.own_number:
+                    center_sim.receive(hub_sim.own_number, msg["text"])
+                done += 1
+
+    threading.Thread(target=relay, daemon=True).start()
+    center_dir = tmp_path / "center"
+    worker = center_worker(mosquitto.url, center_dir, "w1", "--tiantong", center_sim.path, "--mac-key", KEY)
+    cfg = UplinkConfig(enabled=True, mac_key=KEY, links=[
+        LinkConfig(name="tt", kind="tiantong", url=hub_sim.path, dest_card=center_sim.own_number,
+                   card_interval=2, classes=["alarm"], cost=50, bandwidth="2400bit")])
+    log = DurableLog(tmp_path / "hub" / "log.db")
+    up = Uplink(log, cfg, "vehicle-06")
+    try:
+        up.start()
+        wait_until(lambda: up.status()["links"][0]["state"] == "up", 20, "Tiantong registration", 0.1)
+        log.append([hubproc.record(i) for i in range(20)])  # telemetry is not allowed on this link
+        first = alarm("geo-monitor-4", time.time_ns(), 1)
+        log.append([first])
+        wait_until(lambda: first.id in center_ids(center_dir), 15, "the alarm by SMS", 0.1)
+        store = LocalStore(center_dir / "store.db", readonly=True)
+        got = {r.id: r for r in store.query("alarm")}
+        assert got[first.id].tags["via"] == "tiantong" and got[first.id].fields["code"] == 301
+        assert len(center_ids(center_dir)) == 1
+        assert hub_sim.sent[0]["number"] == center_sim.own_number and len(hub_sim.sent[0]["text"]) <= 160
+        status = up.status()
+        assert status["stats"]["short_messages"] == 1 and status["routes"]["telemetry"] is None
+        wait_until(lambda: not center_sim.inbox, 10, "the center to delete the read SMS", 0.1)
+        reg = HubRegistry(center_dir / "center.db", readonly=True).hubs()
+        assert reg[0]["last_link"] == f"tiantong:{hub_sim.own_number}"
+    finally:
+        stop_relay.set()
+        up.stop()
+        log.close()
+        stop(worker)
+        hub_sim.stop()
+        center_sim.stop()
