@@ -44,7 +44,9 @@ def example(text: str) -> Callable:
     """Append an 'Example' section to a command's help."""
 
     def deco(f: Callable) -> Callable:
-        f.__doc__ = (f.__doc__ or "").rstrip() + "\n\n\b\nExample:\n" + "\n".join(
+        import inspect
+
+        f.__doc__ = inspect.cleandoc(f.__doc__ or "") + "\n\n\b\nExample:\n" + "\n".join(
             "  " + line for line in text.strip().splitlines())
         return f
     return deco

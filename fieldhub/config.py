@@ -96,17 +96,6 @@ class StoreConfig:
     batch: int = 5000
 
 
-@dataclass(frozen=True)
-class MqttConfig:
-    """[mqtt] the broker the hub ingests from and dispatches to."""
-
-    #: mqtt://HOST:PORT or mqtts://HOST:PORT; "" disables MQTT
-    broker: str = ""
-    username: str = ""
-    password: str = ""
-    client_id: str = ""
-
-
 #: section name -> "module:Class"; a component adds its section here (one line).
 SECTIONS: dict[str, str] = {
     "hub": "fieldhub.config:HubConfig",
