@@ -303,9 +303,9 @@ class DurableLog:
             if group:
                 self._commit_group(group)
             if time.monotonic() >= next_maint:
-                self._maintain()
-                next_maint = time.monotonic() + self.compact_interval
-        self._maintain()
+                done = self._maintain()
+                next_maint = time.monotonic() + (self.compact_interval if done else 0.005)
+        self._maintain(budget=None)
 
     def _commit_group(self, group: list[_Op]) -> None:
         db = self._db
@@ -339,7 +339,7 @@ class DurableLog:
                 self.stats["appended"] += result.added
                 self.stats["duplicates"] += result.duplicates
         if any(op.kind == "maint" for op in group):
-            self._maintain()
+            self._maintain(budget=None)
         for op, result in results:
             op.finish(result, None)
         if self._last_seq != top:
@@ -516,27 +516,31 @@ class DurableLog:
                 f"log {self.path}: disk cap of {self.disk_cap} bytes reached; only alarm and "
                 "command records remain, which are never evicted")
 
-    def _maintain(self) -> None:
-        """Delete what every consumer has passed; checkpoint the WAL."""
+    def _maintain(self, *, chunk: int = 2000, budget: float | None = 0.01) -> bool:
+        """Delete what every consumer has passed, in small transactions, and checkpoint the WAL.
+
+        Appends wait while the writer compacts, so each pass deletes at most ``chunk`` rows
+        per transaction and stops after ``budget`` seconds or as soon as appends are queued;
+        returns True when everything passed has gone (the caller comes back soon otherwise).
+        """
+        started = time.monotonic()
         try:
-            rows = self._db.execute(
-                "SELECT prio, min(seq), count(DISTINCT consumer) FROM cursors GROUP BY prio").fetchall()
-            removed = 0
-            if rows:
-                self._db.execute("BEGIN IMMEDIATE")
-                for prio, low, _ in rows:
-                    removed += self._db.execute("DELETE FROM log WHERE prio=? AND seq<=?",
-                                                (prio, low)).rowcount
-                self._db.execute("COMMIT")
-            self.stats["compacted"] += removed
+            rows = self._db.execute("SELECT prio, min(seq) FROM cursors GROUP BY prio").fetchall()
+            for prio, low in rows:
+                while True:
+                    n = self._db.execute(
+                        "DELETE FROM log WHERE seq IN (SELECT seq FROM log WHERE prio=? AND seq<=? "
+                        "ORDER BY seq LIMIT ?)", (prio, low, chunk)).rowcount
+                    self.stats["compacted"] += n
+                    if n < chunk:
+                        break
+                    if budget is not None and (self._ops or time.monotonic() - started > budget):
+                        return False
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             self.oplog.write("warning", "log_maintenance_failed", f"log compaction failed: {exc}",
                              f"日志整理失败：{exc}")
+        return True
 
     def run_in_writer(self, fn: Callable[[sqlite3.Connection], object]) -> object:
         """Run ``fn(conn)`` inside a write transaction on the writer thread (tests, tools)."""
