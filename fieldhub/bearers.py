@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers import beidou_rdss
-from drivers.sentence import SentenceFramer, sentence, split_fields
+from drivers.sentence import sentence, split_fields
 
 from .errors import ConfigError, TransportError
 from .uplink_config import LinkConfig

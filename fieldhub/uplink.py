@@ -25,7 +25,7 @@ import zstandard
 
 from . import shortmsg
 from .bearers import BeidouBearer, MqttBearer
-from .errors import StorageError, TransportError, ValidationError
+from .errors import TransportError, ValidationError
 from .links import LinkManager
 from .log import DurableLog, Entry
 from .oplog import OpLog
@@ -83,6 +83,7 @@ class Uplink:
         self._beidou_sent: OrderedDict[str, float] = OrderedDict()
         self._meta: dict[str, Any] = {}
         self._meta_at = 0.0
+        self._read_empty = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -111,19 +112,22 @@ class Uplink:
     # ------------------------------------------------------------------ main loop
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._read_empty = False
             try:
                 busy = self._step()
-            except StorageError as exc:
-                self.oplog.write("error", "uplink_log_error", f"uplink: log error {exc}; retrying",
-                                 f"上行：日志错误 {exc}，稍后重试")
+            except Exception as exc:  # noqa: BLE001 - the uplink thread must outlive any one failure
+                self.stats["errors"] = self.stats.get("errors", 0) + 1
+                self.oplog.write("error", "uplink_error", f"uplink: {type(exc).__name__}: {exc}; retrying in 1 s",
+                                 f"上行出错：{exc}，1 秒后重试")
                 self._stop.wait(1)
                 continue
-            if not busy:
-                if self._inflight:
-                    self._wake.wait(0.1)
-                    self._wake.clear()
-                else:
-                    self.cursor.wait(0.2)
+            if busy:
+                continue
+            if self._read_empty and not self._inflight:
+                self.cursor.wait(0.2)  # caught up: sleep until the log grows
+            else:
+                self._wake.wait(0.1)  # acks, or links coming back
+                self._wake.clear()
 
     def _step(self) -> bool:
         """One round: links, acks, timeouts, then fill each link's window. True if it sent."""
@@ -159,6 +163,7 @@ class Uplink:
     def _send_batch(self, link: MqttBearer, classes: list[Priority]) -> bool:
         entries = self.cursor.read(self._limit(link), classes=classes, after=self._sent)
         if not entries:
+            self._read_empty = True
             return False
         while True:
             ranges = self._ranges(entries)
@@ -266,8 +271,9 @@ class Uplink:
                 if isinstance(link, SHORT) and link.ready():
                     try:
                         self._beidou_once(link)
-                    except StorageError as exc:
-                        link.last_error = str(exc)
+                    except Exception as exc:  # noqa: BLE001 - keep trying every interval
+                        link.last_error = f"{type(exc).__name__}: {exc}"
+                        self.stats["short_message_errors"] += 1
 
     def _beidou_once(self, link: Any) -> None:
         mine = [p for p in (Priority.ALARM, Priority.POSITION) if self.manager.best(p) is link]
