@@ -418,6 +418,59 @@ def events(cfg, level, limit, as_json) -> None:
             click.echo(f"{'':>33}{e['message_zh']}")
 
 
+@main.group()
+def consumers() -> None:
+    """The durable log's consumers (store, influx, uplink...) and their cursors."""
+
+
+@consumers.command("list")
+@hub_options
+@json_option
+@example("fieldhub consumers list --json")
+def consumers_list(cfg, as_json) -> None:
+    """Each consumer's backlog per priority class."""
+    from fieldhub.status import collect
+
+    info = collect(cfg)["log"].get("consumers", {})
+    if as_json:
+        emit_json(info)
+        return
+    from fieldhub.render import table
+
+    table(["consumer", "backlog", "by class"],
+          [[name, c["backlog_total"], " ".join(f"{k}={v}" for k, v in c["backlog"].items() if v)]
+           for name, c in sorted(info.items())], title=f"{len(info)} consumers")
+
+
+@consumers.command("drop")
+@click.argument("name")
+@hub_options
+@example("fieldhub consumers drop influx   # after removing [influx] from the config, hub stopped")
+def consumers_drop(cfg, name) -> None:
+    """Forget a consumer that is no longer configured, so its cursor stops holding records.
+
+    The hub must be stopped. A configured consumer comes back at the next start and begins
+    with what is still in the log.
+    """
+    from fieldhub.hub import LOG_FILE, OPLOG_FILE, hub_lock
+    from fieldhub.log import DurableLog
+    from fieldhub.oplog import OpLog
+
+    with hub_lock(cfg.data_dir):
+        oplog = OpLog(cfg.data_dir / OPLOG_FILE)
+        log = DurableLog(cfg.data_dir / LOG_FILE, oplog=oplog)
+        try:
+            if name not in log.consumer_names():
+                raise FieldhubError(f"no consumer {name!r}; consumers: {', '.join(log.consumer_names()) or 'none'}")
+            log.drop_consumer(name)
+            log.compact()
+        finally:
+            log.close()
+        oplog.write("warning", "consumer_dropped", f"consumer {name} dropped by the operator",
+                    f"操作员删除了消费者 {name}")
+    click.echo(f"dropped consumer {name}; what only it still needed is compacted away")
+
+
 # ----------------------------------------------------------------------------- replay / sim
 @main.command()
 @click.argument("driver")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import os
@@ -10,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import orjson
 
@@ -114,6 +115,31 @@ def open_log(config: Config, oplog: OpLog) -> DurableLog:
                       compact_interval=c.compact_interval, oplog=oplog, hub_id=config.hub.id)
 
 
+def take_lock(data_dir: Path) -> int:
+    """Hold the data dir's lock (one hub per data dir); returns the fd, released on close."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StorageError(f"a hub (pid {other}) is running with data dir {data_dir}; stop it first "
+                           f"/ 另一个 hub 正在使用该数据目录") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+@contextlib.contextmanager
+def hub_lock(data_dir: Path) -> Iterator[None]:
+    """For offline maintenance: fails clearly while a hub runs on ``data_dir``."""
+    fd = take_lock(prepare_data_dir(data_dir))
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 class Hub:
     """Builds every configured component around one durable log and runs them."""
 
@@ -142,17 +168,7 @@ class Hub:
         self.control.register("status", lambda args: self.live_status())
 
     def _lock(self) -> int:
-        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StorageError(f"another hub (pid {other}) is running with data dir {self.data_dir} "
-                               f"/ 另一个 hub 正在使用该数据目录") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        return fd
+        return take_lock(self.data_dir)
 
     def start(self) -> None:
         self.started = time.time()

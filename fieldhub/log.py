@@ -247,6 +247,9 @@ class DurableLog:
         """Create a consumer's cursor if it does not exist (``earliest`` or ``latest``)."""
         self._submit("register", (consumer, start), None, None)
 
+    def consumer_names(self) -> list[str]:
+        return [r[0] for r in self._reader().execute("SELECT DISTINCT consumer FROM cursors ORDER BY 1")]
+
     def drop_consumer(self, consumer: str) -> None:
         self._submit("drop", consumer, None, None)
 

@@ -109,7 +109,9 @@ def test_run_status_query_and_clean_shutdown(data_dir: Path) -> None:
         assert "store" in running["log"]["consumers"]
         # a second hub on the same data dir is refused clearly
         second = run_cli("run", *dd, timeout=30)
-        assert second.returncode == 1 and "another hub" in second.stderr
+        assert second.returncode == 1 and "is running with data dir" in second.stderr
+        busy = run_cli("consumers", "drop", "store", *dd)
+        assert busy.returncode == 1 and "stop it first" in busy.stderr
     finally:
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(30) == 0
@@ -152,6 +154,21 @@ def test_run_status_query_and_clean_shutdown(data_dir: Path) -> None:
     assert csv_out[0].startswith("id,kind,device_id,ts,time_utc") and len(csv_out) == 32
     table = run_cli("query", "position", "--limit", "3", *dd, check=True).stdout
     assert "3 records" in table
+
+
+def test_consumers_list_and_drop(data_dir: Path) -> None:
+    log = DurableLog(data_dir / "log.db")
+    log.cursor("store")
+    log.cursor("influx")
+    log.append([Record.make("t", "d", i, {"v": i}, key=i) for i in range(5)])
+    log.close()
+    listed = json.loads(run_cli("consumers", "list", "--json", "--data-dir", str(data_dir), check=True).stdout)
+    assert listed["influx"]["backlog_total"] == 5
+    run_cli("consumers", "drop", "influx", "--data-dir", str(data_dir), check=True)
+    listed = json.loads(run_cli("consumers", "list", "--json", "--data-dir", str(data_dir), check=True).stdout)
+    assert set(listed) == {"store"}
+    bad = run_cli("consumers", "drop", "nope", "--data-dir", str(data_dir))
+    assert bad.returncode == 1 and "no consumer 'nope'" in bad.stderr
 
 
 def test_commands_that_need_the_hub_say_so(data_dir: Path) -> None:
