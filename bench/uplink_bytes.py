@@ -19,7 +19,7 @@ import orjson  # noqa: E402
 import zstandard  # noqa: E402
 
 from fieldhub import shortmsg  # noqa: E402
-from fieldhub.center_influx import line  # noqa: E402
+from fieldhub.lineproto import Encoder  # noqa: E402
 from fieldhub.uplink_codec import Batch, decode_batch, encode_batch  # noqa: E402
 from simulators.uplink_load import alarm, drone_positions, village_telemetry  # noqa: E402
 
@@ -30,7 +30,8 @@ def measure(name: str, recs: list, level: int) -> dict:
     values = sum(len(r.fields) for r in recs)
     z = zstandard.ZstdCompressor(level=level)
     js = z.compress(b"\n".join(r.to_json() for r in recs))
-    lp = z.compress("\n".join(line(r, "vehicle-01") for r in recs).encode())
+    enc = Encoder("vehicle-01", same_timestamp="overwrite")  # the InfluxDB sink's line protocol, times as they are
+    lp = z.compress(b"\n".join(enc.encode(r) for r in recs))
     t = time.perf_counter()
     ours = encode_batch(Batch("vehicle-01", 1, T0, {4: (0, len(recs))}, recs), compressor=z)
     enc_ms = (time.perf_counter() - t) * 1000

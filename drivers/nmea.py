@@ -217,7 +217,7 @@ class NmeaParser:
             return []
         total, num, in_view = _i(f[1]) or 1, _i(f[2]) or 1, _i(f[3]) or 0
         sats = self._gsv.setdefault(talker, [])
-        if num == 1:
+        if num == 1 or len(sats) > 64:  # a new group, or a group that never completes: bounded
             sats.clear()
         body = f[4:]
         signal = ""

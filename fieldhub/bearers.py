@@ -19,6 +19,9 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from drivers import beidou_rdss
+from drivers.sentence import SentenceFramer, sentence, split_fields
+
 from .errors import ConfigError, TransportError
 from .uplink_config import LinkConfig
 
@@ -189,27 +192,17 @@ class MqttBearer:
 
 
 # ----------------------------------------------------------------------------- Beidou RDSS
-def nmea_checksum(body: str) -> str:
-    c = 0
-    for ch in body.encode("ascii"):
-        c ^= ch
-    return f"{c:02X}"
+def txa(dest_card: str, payload: bytes) -> bytes:
+    """``$CCTXA,<dest>,1,1,<HEX>*hh``: a normal (not express) message in code mode carrying raw bytes.
+
+    The RDSS driver's own TXA encoder carries GBK text; the uplink's payload is binary, so it
+    goes in code mode as hex, framed by the driver's ``sentence``.
+    """
+    return sentence(f"CCTXA,{dest_card.zfill(7)},1,{beidou_rdss.ENC_CODE},{payload.hex().upper()}")
 
 
-def sentence(body: str) -> bytes:
-    """``CCTXA,...`` -> ``$CCTXA,...*hh\\r\\n``."""
-    return f"${body}*{nmea_checksum(body)}\r\n".encode("ascii")
-
-
-def parse_sentence(line: bytes) -> list[str] | None:
-    """Fields of a checksum-valid ``$...*hh`` line, or None."""
-    text = line.strip().decode("ascii", "replace")
-    if not text.startswith("$") or "*" not in text:
-        return None
-    body, _, cks = text[1:].rpartition("*")
-    if nmea_checksum(body) != cks[:2].upper():
-        return None
-    return body.split(",")
+def rdss_fields(frame: Any) -> list[str]:
+    return [x.decode("ascii", "replace") for x in split_fields(frame.raw)]
 
 
 class BeidouBearer:
@@ -222,7 +215,8 @@ class BeidouBearer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._fki: deque[list[str]] = deque(maxlen=8)
+        self._fki: deque[dict[str, Any]] = deque(maxlen=8)
+        self.bad_frames = 0
         self._fki_event = threading.Event()
         self.card: dict[str, Any] = {}
         self.last_send = 0.0
@@ -268,7 +262,7 @@ class BeidouBearer:
             self._port = None
 
     def _run(self) -> None:
-        buf = b""
+        framer = beidou_rdss.framer()
         next_query = 0.0
         while not self._stop.is_set():
             if self._port is None:
@@ -279,7 +273,7 @@ class BeidouBearer:
             now = time.monotonic()
             try:
                 if now >= next_query:  # card query doubles as the link probe
-                    self._port.write(sentence("CCICA,0,00"))
+                    self._port.write(beidou_rdss.encode({"cmd": "ica"}))
                     self._query_sent = now
                     next_query = now + 10
                 data = self._port.read(self._port.in_waiting or 1)
@@ -289,29 +283,29 @@ class BeidouBearer:
                 continue
             if not data:
                 continue
-            buf += data
-            if len(buf) > 4096:
-                buf = buf[-1024:]
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                fields = parse_sentence(line)
-                if fields:
-                    self._handle(fields)
+            for frame in framer.feed(data):
+                if frame.ok:
+                    self._handle(frame)
+                else:
+                    self.bad_frames += 1
 
-    def _handle(self, f: list[str]) -> None:
+    def _handle(self, frame: Any) -> None:
         self.last_heard = time.monotonic()
-        kind = f[0][2:]
-        if kind == "ICI" and len(f) >= 7:
+        raw = split_fields(frame.raw)
+        kind = raw[0][2:]
+        if kind in (b"ICI", b"ICP"):
+            info = beidou_rdss.card_info(raw) if kind == b"ICI" else beidou_rdss.card_info_bd3(raw)
             self.rtt = time.monotonic() - self._query_sent
-            self.card = {"card": f[1], "interval": int(f[5] or 0), "level": int(f[6] or 0)}
-        elif kind == "FKI":
-            self._fki.append(f)
+            self.card = {"card": info["card"], "interval": info["interval_s"], "level": info["comm_level"],
+                         "present": info["present"]}
+        elif kind == b"FKI":
+            self._fki.append(beidou_rdss.feedback(raw))
             self._fki_event.set()
         if self.on_line is not None:
-            self.on_line(f)
+            self.on_line(rdss_fields(frame))
 
     def up(self) -> bool:
-        return (self._port is not None and bool(self.card.get("card", "").strip("0"))
+        return (self._port is not None and bool(self.card.get("present"))
                 and time.monotonic() - self.last_heard < 30)
 
     def ready(self) -> bool:
@@ -324,7 +318,7 @@ class BeidouBearer:
             raise TransportError(f"link {self.name}: no Beidou card/terminal")
         self._fki.clear()
         self._fki_event.clear()
-        line = sentence(f"CCTXA,{self.config.dest_card},1,1,{payload.hex().upper()}")
+        line = txa(self.config.dest_card, payload)
         try:
             self._port.write(line)
         except (OSError, AttributeError) as exc:
@@ -332,13 +326,11 @@ class BeidouBearer:
         self.last_send = time.monotonic()
         if not self._fki_event.wait(timeout):
             raise TransportError(f"link {self.name}: no $BDFKI feedback within {timeout:.0f}s")
-        fki = self._fki[-1]
-        ok = fki[2] == "Y" if fki[1] == "TXA" else (len(fki) > 3 and fki[3] == "Y")  # BD-2 / BD-3 form
-        if not ok:
+        fki = self._fki[-1]  # BD-2 ($BDFKI,TXA,...) and BD-3 ($BDFKI,hhmmss,TCQ,...) forms, via the driver
+        if not fki["executed"]:
             self.refused += 1
-            wait = fki[-1] if fki else "?"
-            self.last_error = f"send refused: {','.join(fki)}"
-            raise TransportError(f"link {self.name}: terminal refused the send (wait {wait} s)")
+            self.last_error = f"send refused: {fki}"
+            raise TransportError(f"link {self.name}: terminal refused the send (wait {fki['wait_s']} s)")
         self.bytes_sent += len(payload)
         self.messages_sent += 1
 

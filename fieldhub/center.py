@@ -25,8 +25,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from . import shortmsg
-from .bearers import mqtt_client, parse_sentence
-from .errors import ProtocolError, StorageError
+from .bearers import mqtt_client
+from .errors import ProtocolError, StorageError, TransportError
 from .log import connect
 from .oplog import OpLog
 from .records import Record
@@ -140,7 +140,8 @@ class CenterWorker:
     """One center worker process: ``CenterWorker(broker, data_dir).run(stop_event)``."""
 
     def __init__(self, broker: str, data_dir: Path, *, worker: str | None = None, influx: Any = None,
-                 beidou_port: str | None = None, mac_key: bytes = b"", tls: dict[str, str] | None = None,
+                 beidou_port: str | None = None, tiantong_port: str | None = None, mac_key: bytes = b"",
+                 tls: dict[str, str] | None = None,
                  oplog: OpLog | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
@@ -151,6 +152,7 @@ class CenterWorker:
         self.oplog = oplog or OpLog(data_dir / f"center-{self.worker}.jsonl")
         self.mac_key = mac_key
         self.beidou_port = beidou_port
+        self.tiantong_port = tiantong_port
         self.stats = {"batches": 0, "records": 0, "duplicates": 0, "rejected": 0, "short_messages": 0,
                       "write_errors": 0}
         self.connected = threading.Event()
@@ -158,7 +160,13 @@ class CenterWorker:
             broker, f"fh-center-{self.worker}", protocol=mqtt.MQTTv5, manual_ack=True, **(tls or {}))
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.on_disconnect = self._on_disconnect
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if self.connected.is_set():
+            self.oplog.write("warning", "center_disconnected", f"broker connection lost: {rc}; reconnecting",
+                             f"与代理的连接断开：{rc}，正在重连")
+        self.connected.clear()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
@@ -170,10 +178,15 @@ class CenterWorker:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             self.handle(msg.topic, msg.payload)
-        except StorageError as exc:
+        except (StorageError, sqlite3.Error) as exc:
             # not durable: no ack at all; the hub resends after its ack timeout
             self.stats["write_errors"] += 1
             self.oplog.write("error", "center_write_failed", f"write failed: {exc}", f"写入失败：{exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - paho's network thread must survive any one batch
+            self.stats["write_errors"] += 1
+            self.oplog.write("error", "center_batch_failed", f"{msg.topic}: {type(exc).__name__}: {exc}",
+                             f"{msg.topic}：批次处理失败：{exc}")
             return
         client.ack(msg.mid, msg.qos)
 
@@ -207,8 +220,11 @@ class CenterWorker:
     def _beidou_loop(self, stop: threading.Event) -> None:
         import serial
 
+        from drivers import beidou_rdss
+        from drivers.sentence import split_fields
+
         port = None
-        buf = b""
+        framer = beidou_rdss.framer()
         while not stop.is_set():
             if port is None:
                 try:
@@ -222,33 +238,86 @@ class CenterWorker:
             except OSError:
                 port = None
                 continue
-            buf = (buf + data)[-4096:]
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                fields = parse_sentence(line)
-                if fields and fields[0].endswith("TXR") and len(fields) >= 6:
-                    self.handle_short(fields[2], fields[5])
+            for frame in framer.feed(data):
+                f = split_fields(frame.raw) if frame.ok else []
+                if len(f) >= 6 and f[0].endswith(b"TXR"):
+                    self.handle_short(f[2].decode("ascii", "replace"), f[5].decode("ascii", "replace"))
 
-    def handle_short(self, sender: str, content: str) -> None:
+    # ------------------------------------------------------------------ Tiantong SMS receive side
+    def _tiantong_loop(self, stop: threading.Event) -> None:
+        """Poll the center's Tiantong terminal for SMS (AT+CMGL), ingest each, then delete it."""
+        from .tiantong_bearer import AtPort, sms_payload
+
+        at = AtPort(self.tiantong_port, lambda line: None)
+
+        def pump() -> None:
+            while not stop.is_set():
+                if at.port is None:
+                    stop.wait(0.5)
+                    continue
+                try:
+                    at.pump()
+                except (OSError, TypeError, AttributeError):
+                    at.close()
+
+        threading.Thread(target=pump, name="center-tiantong-rx", daemon=True).start()
+        ready = False
+        while not stop.wait(1.0):
+            try:
+                if at.port is None:
+                    ready = False
+                    if not at.open():
+                        continue
+                if not ready:
+                    for cmd in (b"ATE0\r", b"AT+CMGF=1\r"):
+                        at.command(cmd)
+                    ready = True
+                lines = at.command(b'AT+CMGL="ALL"\r')
+                done = []
+                for head, text in zip(lines, lines[1:]):
+                    if head.startswith(b"+CMGL:"):
+                        idx = head.split(b":", 1)[1].split(b",")[0].strip()
+                        sender = head.split(b",")[2].strip(b'" ') if head.count(b",") >= 2 else b"?"
+                        try:
+                            payload = sms_payload(text.decode("ascii"))
+                        except (ValueError, UnicodeDecodeError):
+                            self.stats["rejected"] += 1
+                            self.registry.reject(f"tiantong:{sender.decode(errors='replace')}", "not a fieldhub SMS",
+                                                 text)
+                        else:
+                            self.handle_short(sender.decode(errors="replace"), payload.hex(), via="tiantong")
+                        done.append(idx)
+                for idx in done:
+                    at.command(b"AT+CMGD=" + idx + b"\r")
+            except TransportError as exc:
+                self.oplog.write("warning", "center_tiantong", f"Tiantong terminal: {exc}", f"天通终端：{exc}")
+                ready = False
+
+    def handle_short(self, sender: str, content: str, via: str = "beidou") -> None:
         try:
             hub_id, rec = shortmsg.decode(bytes.fromhex(content), self.mac_key)
         except (ValueError, ProtocolError) as exc:
             self.stats["rejected"] += 1
-            self.registry.reject(f"beidou:{sender}", str(exc), content.encode())
+            self.registry.reject(f"{via}:{sender}", str(exc), content.encode())
             return
+        if via != "beidou":
+            rec = Record(rec.kind, rec.device_id, rec.ts, rec.fields, {**rec.tags, "via": via}, rec.priority,
+                         f"uplink:{via}", rec.id)
         new, dup = self.store.write_counted([rec], hub_id)
         self.stats["short_messages"] += 1
         self.stats["records"] += new
-        self.registry.touch(hub_id, records=new, duplicates=dup, link=f"beidou:{sender}",
+        self.registry.touch(hub_id, records=new, duplicates=dup, link=f"{via}:{sender}",
                             worker=self.worker, short=1)
 
     # ------------------------------------------------------------------ run
     def run(self, stop: threading.Event) -> None:
         threads = []
-        if self.beidou_port:
-            t = threading.Thread(target=self._beidou_loop, args=(stop,), name="center-beidou", daemon=True)
-            t.start()
-            threads.append(t)
+        for port, loop, name in ((self.beidou_port, self._beidou_loop, "center-beidou"),
+                                 (self.tiantong_port, self._tiantong_loop, "center-tiantong")):
+            if port:
+                t = threading.Thread(target=loop, args=(stop,), name=name, daemon=True)
+                t.start()
+                threads.append(t)
         self.client.connect_async(self._host, self._port, keepalive=30, clean_start=True)
         self.client.loop_start()
         self.oplog.write("info", "center_started", f"center worker {self.worker} started",

@@ -112,6 +112,7 @@ def register(main: click.Group, sim: click.Group) -> None:
     @click.option("--capture", type=click.Path(exists=True, dir_okay=False), help="gnss: replay this NMEA capture.")
     @click.option("--rate", default=50.0, show_default=True, help="gnss replay: lines per second.")
     @click.option("--interval", type=float, help="rdss: the card's service interval in seconds.")
+    @click.option("--loss-every", default=0.0, help="tiantong: lose registration every N seconds (for 5 s).")
     @click.option("--noise", default=0.0, show_default=True, help="Probability of garbage or a flipped byte per frame.")
     @click.option("--split", is_flag=True, help="Write frames in two random pieces.")
     @click.option("--unplug-every", default=0.0, help="Unplug the device every N seconds (replug 2 s later).")
@@ -119,7 +120,8 @@ def register(main: click.Group, sim: click.Group) -> None:
     @json_option
     @example("fieldhub sim serial rdss --interval 10\n"
              "fieldhub sim serial gnss --capture ../shared/fixtures/nmea/gpsd_beidou-bd.log --noise 0.05")
-    def sim_serial(kind, profile, link, capture, rate, interval, noise, split, unplug_every, seconds, as_json) -> None:
+    def sim_serial(kind, profile, link, capture, rate, interval, loss_every, noise, split, unplug_every, seconds,
+                   as_json) -> None:
         """Run a serial device simulator behind a real pseudo-terminal; prints the path to open.
 
         The first line of output is the path (a stable symlink to the pty, like
@@ -139,6 +141,8 @@ def register(main: click.Group, sim: click.Group) -> None:
             kw.update(capture=capture, rate=rate)
         if kind == "rdss" and interval is not None:
             kw["interval"] = interval
+        if kind == "tiantong" and loss_every:
+            kw["loss_every"] = loss_every
         device = getattr(importlib.import_module(module), cls)(link, **kw).start()
         if as_json:
             emit_json({"kind": kind, "path": device.path, "pty": device.pty_path, "driver": KIND_DRIVER[kind]})

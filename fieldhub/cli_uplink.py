@@ -134,14 +134,15 @@ def register(main: click.Group, sim: click.Group) -> None:
     @click.option("--influx", metavar="URL", help="Also write to InfluxDB, e.g. http://127.0.0.1:8086.")
     @click.option("--influx-db", default="fieldhub", show_default=True, help="InfluxDB 1.x database.")
     @click.option("--beidou", "beidou_port", metavar="PORT", help="The center's Beidou RDSS terminal (serial port or URL).")
+    @click.option("--tiantong", "tiantong_port", metavar="PORT", help="The center's Tiantong terminal (SMS in).")
     @click.option("--mac-key", default="", envvar="FIELDHUB_UPLINK_MAC_KEY", help="Hex key for short-message MACs.")
     @click.option("--ca-file", default="", help="TLS CA file (mqtts://).")
     @click.option("--cert-file", default="", help="TLS client certificate.")
     @click.option("--key-file", default="", help="TLS client key.")
     @example("fieldhub center run --broker mqtt://127.0.0.1:1883 --data-dir /var/lib/fieldhub-center\n"
              "fieldhub center run --broker mqtt://127.0.0.1:1883 --data-dir /var/lib/fieldhub-center --worker w2")
-    def center_run(broker, data_dir, worker, influx, influx_db, beidou_port, mac_key, ca_file, cert_file,
-                   key_file) -> None:
+    def center_run(broker, data_dir, worker, influx, influx_db, beidou_port, tiantong_port, mac_key, ca_file,
+                   cert_file, key_file) -> None:
         """Run one ingest worker (start several: they share the stream via $share/center/...)."""
         from .center import CenterWorker
 
@@ -151,12 +152,12 @@ def register(main: click.Group, sim: click.Group) -> None:
             raise ConfigError("--mac-key is not hex", file="command line") from None
         sink = None
         if influx:
-            from .center_influx import InfluxV1
+            from .center_influx import CenterInflux
 
-            sink = InfluxV1(influx, influx_db)
+            sink = CenterInflux(influx, influx_db)
         tls = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
         w = CenterWorker(broker, _center_dir(data_dir), worker=worker, influx=sink, beidou_port=beidou_port,
-                         mac_key=key, tls=tls)
+                         tiantong_port=tiantong_port, mac_key=key, tls=tls)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -14,7 +14,8 @@ from typing import Any, Callable
 from .bearers import BeidouBearer, MqttBearer
 from .oplog import OpLog
 from .records import Priority
-from .uplink_config import UplinkConfig
+from .tiantong_bearer import TiantongSmsBearer
+from .uplink_config import UplinkConfig, is_ip_url
 
 
 class LinkManager:
@@ -26,6 +27,8 @@ class LinkManager:
         for lc in cfg.links:
             if lc.kind == "beidou":
                 self.links.append(BeidouBearer(lc, hub_id))
+            elif lc.kind == "tiantong" and not is_ip_url(lc.url):
+                self.links.append(TiantongSmsBearer(lc, hub_id))
             else:
                 timeout = max(2.0, 2 + 4 * float(lc.latency) + cfg.window * float(cfg.batch_time))
                 self.links.append(MqttBearer(lc, hub_id, on_ack, probe_timeout=timeout))

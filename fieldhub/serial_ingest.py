@@ -16,7 +16,7 @@ from drivers.transport import open_transport
 from . import profiles
 from .config import Duration
 from .errors import ConfigError, FieldhubError, ProtocolError, StorageError, ValidationError
-from .records import Record
+from .records import Priority, Record
 from .serial_sessions import SESSIONS, PtzSession, RdssSession, Session, TiantongSession
 
 
@@ -35,6 +35,8 @@ class SerialPortConfig:
     profile: str = ""
     #: baud rate (0 = the profile's)
     baud: int = 0
+    #: how often to poll the device (Tiantong CSQ/CREG, PTZ position); 0 = the profile's
+    poll_interval: Duration = Duration(0)
     enabled: bool = True
 
 
@@ -104,6 +106,8 @@ class Port:
                                          backoff_initial=float(settings.backoff_initial),
                                          backoff_max=float(settings.backoff_max), on_state=self._on_state)
         self.session: Session = SESSIONS[cfg.driver](self, profile)
+        if cfg.poll_interval:
+            self.session.poll_interval = float(cfg.poll_interval)
         self.counts: Counter[str] = Counter({k: 0 for k in (
             "frames", "records", "bad_frames", "quarantined", "quarantine_suppressed", "append_errors",
             "connects")})
@@ -145,12 +149,25 @@ class Port:
             self._refresh_tags()
             self.framer = self.driver.framer()  # a replugged device starts a fresh stream
             self.session.task("connected")
+            self._presence(True, "port_open")
         elif state == "disconnected":
             self.note("serial_disconnected", f"port went away ({detail}); reopening with backoff",
                       f"串口断开（{detail}），正在重连")
+            self._presence(False, "port_lost", detail)
         elif state == "open_failed":
             self.note("serial_open_failed", f"cannot open {self.cfg.url}: {detail}; retrying",
                       f"无法打开 {self.cfg.url}：{detail}，重试中")
+
+    def _presence(self, online: bool, reason: str, detail: str = "") -> None:
+        """Port up/down as a ``presence`` record (an unplugged adapter is an alarm, as for drones)."""
+        fields: dict[str, Any] = {"online": online, "reason": reason, "url": self.cfg.url}
+        if detail:
+            fields["detail"] = detail[:200]
+        try:
+            self.record("presence", fields, Priority.TELEMETRY if online else Priority.ALARM)
+        except StorageError as exc:
+            self.counts["append_errors"] += 1
+            self.note("serial_append_failed", str(exc), f"写入日志失败：{exc}", level="error")
 
     def _refresh_tags(self) -> None:
         """A device registered (or moved) while the hub runs gets its tags at the next connect."""
@@ -199,13 +216,21 @@ class Port:
                 self.counts["append_errors"] += 1
                 self.note("serial_append_failed", str(exc), f"写入日志失败：{exc}", level="error")
 
+    def record(self, kind: str, fields: dict[str, Any], priority: Any) -> None:
+        """A record of something the hub did on this device (a message sent), for the trail."""
+        now = time.time_ns()
+        rec = Record.make(kind, self.device_id, now, fields, tags=self.tags, priority=priority,
+                          source=self.source, key=f"out:{now}")
+        self.log.append([rec], callback=self._appended)
+
     def _appended(self, result: Any, error: BaseException | None) -> None:
         if error is not None:
             self.counts["append_errors"] += 1
 
     def _bad(self, frame: Frame, reason: str) -> None:
         self.counts["bad_frames"] += 1
-        self.errors[reason[:60]] += 1
+        key = reason[:60]
+        self.errors[key if key in self.errors or len(self.errors) < 32 else "other"] += 1  # bounded
         if self.limit.allow():
             self.counts["quarantined"] += 1
             self.log.quarantine(self.source, reason, frame.raw, device_id=self.device_id,
@@ -230,9 +255,11 @@ def open_port(cfg: SerialPortConfig, *, log: Any, oplog: Any = None, registry: A
     dev = registry.get(cfg.device_id) if registry is not None else None
     if dev is not None:
         tags = dev.tags()
-        model = dev.model
+        # the registry model picks the profile only when it is a profile of this port's driver
+        if dev.model in profiles.names() and profiles.load(dev.model)["family"] == cfg.driver:
+            model = dev.model
     try:
-        profile = profiles.for_port(cfg.driver, cfg.profile or (model if model in profiles.names() else ""))
+        profile = profiles.for_port(cfg.driver, cfg.profile or model)
     except ConfigError as exc:
         raise ConfigError(str(exc), key=f"serial.ports[{cfg.device_id}].profile") from None
     port = Port(cfg, log=log, oplog=oplog, tags=tags, profile=profile, settings=settings)
@@ -286,13 +313,17 @@ class SerialIngest:
         assert isinstance(port.session, RdssSession)
         res = port.session.send(str(args["dest"]), str(args["text"]), str(args.get("encoding") or ""),
                                 bool(args.get("express")), wait=not args.get("no_wait"))
+        port.record("bd_sent", {"dest": res["dest"], "text": str(args["text"]), "bits": res["bits"],
+                                "attempts": res["attempts"], "encoding": res["encoding"]}, Priority.COMMAND)
         return {"device": port.device_id, **res}
 
     def sms_send(self, args: dict[str, Any]) -> dict[str, Any]:
         port = self._port(args, TiantongSession)
         assert isinstance(port.session, TiantongSession)
-        return {"device": port.device_id,
-                **port.session.send_sms(str(args["number"]), str(args["text"]), str(args.get("mode") or ""))}
+        res = port.session.send_sms(str(args["number"]), str(args["text"]), str(args.get("mode") or ""))
+        port.record("sms_out", {"number": res["number"], "text": str(args["text"]), "parts": res["parts"],
+                                "mode": res["mode"]}, Priority.COMMAND)
+        return {"device": port.device_id, **res}
 
     def send(self, args: dict[str, Any]) -> dict[str, Any]:
         """Any driver command, encoded by the port's driver (e.g. a DMR text message)."""

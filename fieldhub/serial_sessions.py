@@ -325,31 +325,35 @@ class TiantongSession(Session):
         if mode == "text" and len(parts) > 1:
             mode = "pdu"  # text mode cannot carry a concatenation header: long SMS go as PDUs
         refs: list[int] = []
-        attempts = 0
+        retries_before = self.stats.get("sms_retries", 0)
         if mode == "pdu":
-            self.at("AT+CMGF=0")
+            def prepare_pdu() -> None:
+                self.at("AT+CMGF=0")
+            prepare_pdu()
             for pdu in submit_pdus(number, text):
-                refs.append(self._with_retry(f"AT+CMGS={len(pdu) // 2 - 1}", pdu.encode(), lambda: None))
-                attempts += 1
+                refs.append(self._with_retry(f"AT+CMGS={len(pdu) // 2 - 1}", pdu.encode(), prepare_pdu))
         else:
             self.at("AT+CMGF=1")
-            if coding == "ucs2":
+            # plain printable ASCII goes as is; anything else (Chinese, accents, line breaks, a
+            # stray Ctrl-Z that would end the message early) goes as UCS2 hex
+            ucs2 = coding == "ucs2" or not (text.isascii() and text.isprintable())
+            if ucs2:
                 def prepare() -> None:
                     self.at('AT+CSCS="UCS2"')
                     self.at("AT+CSMP=17,167,0,8")
-                prepare()
                 num = number.encode("utf-16-be").hex().upper()
                 body = text.encode("utf-16-be").hex().upper().encode()
             else:
                 def prepare() -> None:
                     self.at('AT+CSCS="GSM"')
                     self.at("AT+CSMP=17,167,0,0")
-                prepare()
                 num, body = number, text.encode("ascii")
+            prepare()
             refs.append(self._with_retry(f'AT+CMGS="{num}"', body, prepare))
-            attempts += 1
+            coding = "ucs2" if ucs2 else coding
         self.count("sms_sent")
-        return {"number": number, "mode": mode, "coding": coding, "parts": len(parts), "refs": refs}
+        return {"number": number, "mode": mode, "coding": coding, "parts": len(parts), "refs": refs,
+                "retries": self.stats.get("sms_retries", 0) - retries_before}
 
     def _with_retry(self, cmgs: str, body: bytes, prepare: Callable[[], None]) -> int:
         for attempt in range(self.retries + 1):

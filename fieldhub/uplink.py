@@ -31,9 +31,14 @@ from .log import DurableLog, Entry
 from .oplog import OpLog
 from .records import Priority, now_ns
 from .uplink_codec import Batch, encode_batch
+from .tiantong_bearer import TiantongSmsBearer
 from .uplink_config import UplinkConfig
 
 CONSUMER = "uplink"
+#: classes that may go beyond the window, so they never wait for an ack to be sent
+URGENT = (Priority.ALARM, Priority.COMMAND)
+#: bearers that carry one record summary per message (not batches)
+SHORT = (BeidouBearer, TiantongSmsBearer)
 
 
 @dataclass
@@ -89,8 +94,8 @@ class Uplink:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.manager.start()
-        for target, name in ((self._run, "uplink"), (self._run_beidou, "uplink-beidou")):
-            if name == "uplink-beidou" and not any(isinstance(b, BeidouBearer) for b in self.manager.links):
+        for target, name in ((self._run, "uplink"), (self._run_beidou, "uplink-short")):
+            if name == "uplink-short" and not any(isinstance(b, SHORT) for b in self.manager.links):
                 continue
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -137,6 +142,10 @@ class Uplink:
                     break
                 sent = True
                 self._drain_acks()
+            # urgent lane: an alarm or command does not wait for a window slot (at most 2 extra)
+            urgent = [p for p in classes if p in URGENT]
+            if urgent and self._in_flight(link.name) < self.cfg.window + 2:
+                sent = self._send_batch(link, urgent) or sent
         return sent
 
     def _in_flight(self, link: str) -> int:
@@ -167,8 +176,9 @@ class Uplink:
             self.stats["send_errors"] += 1
             link.last_error = str(exc)
             return False
-        old = self._bpr.get(link.name, len(payload) / len(entries))
-        self._bpr[link.name] = 0.7 * old + 0.3 * len(payload) / len(entries)
+        if len(entries) >= 100:  # a lone alarm's header would skew the estimate for bulk batches
+            old = self._bpr.get(link.name, len(payload) / len(entries))
+            self._bpr[link.name] = 0.7 * old + 0.3 * len(payload) / len(entries)
         for p, (_after, hi) in ranges.items():
             self._sent[p] = max(self._sent[p], hi)
         self._inflight[bid] = _Flight(link.name, ranges, time.monotonic(), len(entries), len(payload))
@@ -253,13 +263,13 @@ class Uplink:
     def _run_beidou(self) -> None:
         while not self._stop.wait(0.25):
             for link in self.manager.links:
-                if isinstance(link, BeidouBearer) and link.ready():
+                if isinstance(link, SHORT) and link.ready():
                     try:
                         self._beidou_once(link)
                     except StorageError as exc:
                         link.last_error = str(exc)
 
-    def _beidou_once(self, link: BeidouBearer) -> None:
+    def _beidou_once(self, link: Any) -> None:
         mine = [p for p in (Priority.ALARM, Priority.POSITION) if self.manager.best(p) is link]
         rec = None
         if Priority.ALARM in mine:
@@ -276,7 +286,9 @@ class Uplink:
         if rec is None:
             return
         try:
-            payload = shortmsg.encode(rec, self.hub_id, self._mac_key, shortmsg.budget_bytes(link.config.card_level))
+            budget = (shortmsg.budget_bytes(link.config.card_level) if isinstance(link, BeidouBearer)
+                      else link.budget)
+            payload = shortmsg.encode(rec, self.hub_id, self._mac_key, budget)
             link.send(payload)
         except ValidationError as exc:
             self._beidou_sent[rec.id] = time.time()  # cannot ever fit: do not retry it each interval

@@ -23,6 +23,11 @@ def parse_rate(text: str | float) -> float:
     return float(m.group(1)) * _RATE[unit]
 
 
+def is_ip_url(url: str) -> bool:
+    """An MQTT URL (an IP link) rather than a serial port."""
+    return url.split("://", 1)[0] in ("mqtt", "mqtts", "tcp", "ssl") and "://" in url
+
+
 @dataclass(frozen=True)
 class LinkConfig:
     """[[uplink.links]] one bearer to the center."""
@@ -31,7 +36,8 @@ class LinkConfig:
     name: str = ""
     #: mqtt (broadband satellite), 4g, tiantong (satellite phone data) or beidou (RDSS short messages)
     kind: str = "mqtt"
-    #: mqtt/4g/tiantong: mqtt://HOST:PORT or mqtts://HOST:PORT; beidou: serial port or pyserial URL
+    #: mqtt/4g: mqtt://HOST:PORT or mqtts://HOST:PORT; beidou: serial port or pyserial URL;
+    #: tiantong: mqtt(s):// for its IP data service, or a serial port for SMS (AT commands)
     url: str = ""
     #: nominal bit rate, e.g. "512kbit"; sizes batches so one batch takes about batch_time
     bandwidth: str = "512kbit"
@@ -49,9 +55,9 @@ class LinkConfig:
     key_file: str = ""
     username: str = ""
     password: str = ""
-    #: beidou: the center's card number (destination of short messages)
+    #: beidou: the center's card number; tiantong SMS: the center's phone number
     dest_card: str = ""
-    #: beidou: the card's service interval (minimum gap between sends)
+    #: beidou: the card's service interval; tiantong SMS: minimum gap between messages
     card_interval: Duration = Duration(60)
     #: beidou: card level 1-4 (message size 110/408/628/848 bits)
     card_level: int = 3
@@ -73,6 +79,10 @@ class LinkConfig:
             raise ValueError(f"link {self.name}: unknown classes {bad}; use {', '.join(PRIORITY_NAMES)}")
         if self.kind == "beidou" and not self.dest_card:
             raise ValueError(f"link {self.name}: a beidou link needs dest_card (the center's card)")
+        if self.kind in ("mqtt", "4g") and not is_ip_url(self.url):
+            raise ValueError(f"link {self.name}: url {self.url!r} must be mqtt://HOST:PORT or mqtts://HOST:PORT")
+        if self.kind == "tiantong" and not is_ip_url(self.url) and not self.dest_card:
+            raise ValueError(f"link {self.name}: a tiantong SMS link needs dest_card (the center's number)")
         if self.kind == "beidou" and self.card_level not in (1, 2, 3, 4):
             raise ValueError(f"link {self.name}: card_level must be 1-4")
 
@@ -86,11 +96,11 @@ class UplinkConfig:
     #: the bearers, tried by cost: [[uplink.links]] tables (see docs/uplink.md)
     links: list[LinkConfig] = field(default_factory=list)
     #: most records in one batch
-    batch_records: int = 50_000
+    batch_records: int = 10_000
     #: target link time per batch (batch size follows the link's bandwidth)
     batch_time: Duration = Duration(1.0)
     #: unacknowledged batches in flight per link
-    window: int = 3
+    window: int = 4
     #: resend a batch the center has not acknowledged within this long
     ack_timeout: Duration = Duration(30)
     #: how often each link is probed (RTT, loss)
@@ -112,5 +122,7 @@ class UplinkConfig:
             raise ValueError("zstd_level must be 1-22")
         if self.mac_key:
             bytes.fromhex(self.mac_key)
-        if any(link.kind == "beidou" for link in self.links) and self.enabled and not self.mac_key:
-            raise ValueError("a beidou link needs uplink.mac_key (hex, shared with the center)")
+        short = [link for link in self.links if link.kind == "beidou"
+                 or (link.kind == "tiantong" and not is_ip_url(link.url))]
+        if short and self.enabled and not self.mac_key:
+            raise ValueError("beidou and tiantong SMS links need uplink.mac_key (hex, shared with the center)")

@@ -46,7 +46,7 @@ class GnssSim(PtySim):
 
     def __init__(self, link: str | Path | None = None, *, capture: str | Path | None = None,
                  rate: float = 50.0, hz: float = 1.0, lat: float = 30.5928, lon: float = 114.3055,
-                 speed_kn: float = 20.0, profile: str = "", **kw: Any) -> None:
+                 speed_kn: float = 20.0, profile: str = "", loop: bool = True, **kw: Any) -> None:
         super().__init__(link, **kw)
         self.lines: list[bytes] = []
         if capture:
@@ -54,6 +54,9 @@ class GnssSim(PtySim):
                 if line.strip() and not line.startswith(b"#"):
                     self.lines.append(line.rstrip(b"\r\n") + b"\r\n")
         self.rate, self.hz = rate, hz
+        self.loop = loop
+        #: while True the receiver says nothing (a test opens the port first, then replays)
+        self.paused = False
         self.lat0, self.lon0, self.speed_kn = lat, lon, speed_kn
         self._i = 0
         self._next = 0.0
@@ -69,10 +72,12 @@ class GnssSim(PtySim):
         return lat, lon, (math.degrees(a) + 270) % 360
 
     def tick(self, now: float) -> None:
-        if now < self._next:
+        if now < self._next or self.paused:
             return
         if self.lines:
             n = max(1, int(self.rate * self.tick_interval))
+            if not self.loop:
+                n = min(n, len(self.lines) - self._i)
             for _ in range(n):
                 self.emit(self.lines[self._i % len(self.lines)])
                 self._i += 1
@@ -84,6 +89,10 @@ class GnssSim(PtySim):
             self.emit(s)
         self.epochs += 1
         self._next = now + 1.0 / self.hz
+
+    @property
+    def replayed(self) -> int:
+        return self._i
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "epochs": self.epochs, "lines_replayed": self._i}

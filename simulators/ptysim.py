@@ -14,6 +14,8 @@ import tty
 from pathlib import Path
 from typing import Any
 
+from fieldhub.errors import FieldhubError
+
 
 class PtySim:
     """Owns a pty pair and a stable symlink to the slave (like ``/dev/serial/by-id/...``).
@@ -41,7 +43,7 @@ class PtySim:
         self.slave = -1
         self.pty_path = ""
         self.stats = {"bytes_out": 0, "bytes_in": 0, "dropped": 0, "garbage_injected": 0,
-                      "unplugs": 0, "frames_out": 0}
+                      "unplugs": 0, "frames_out": 0, "bad_input": 0}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,7 +139,11 @@ class PtySim:
                     if data:
                         self.stats["bytes_in"] += len(data)
                         with self._lock:
-                            self.on_input(data)
+                            try:
+                                self.on_input(data)
+                            except (ValueError, IndexError, UnicodeError, FieldhubError):
+                                # a real module ignores what it cannot parse; so does the simulator
+                                self.stats["bad_input"] += 1
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + self.tick_interval

@@ -17,7 +17,7 @@ import time
 import tty
 from dataclasses import dataclass, field
 
-from fieldhub.bearers import parse_sentence, sentence
+from drivers.sentence import SentenceFramer, sentence, split_fields
 from fieldhub.shortmsg import CARD_BITS
 
 
@@ -30,7 +30,7 @@ class Terminal:
     slave: int = -1
     path: str = ""
     last_send: float = -1e9
-    buf: bytes = b""
+    framer: SentenceFramer = field(default_factory=lambda: SentenceFramer(max_len=4096))
     sent: int = 0
     refused: int = 0
     received: list[str] = field(default_factory=list)
@@ -88,12 +88,9 @@ class RdssNetwork:
                     data = os.read(fd, 4096)
                 except OSError:
                     continue
-                t.buf = (t.buf + data)[-8192:]
-                while b"\n" in t.buf:
-                    line, t.buf = t.buf.split(b"\n", 1)
-                    f = parse_sentence(line)
-                    if f:
-                        self._handle(t, f)
+                for frame in t.framer.feed(data):
+                    if frame.ok:
+                        self._handle(t, [x.decode("ascii", "replace") for x in split_fields(frame.raw)])
 
     def _handle(self, t: Terminal, f: list[str]) -> None:
         if f[0] in ("CCICA", "CCICI"):

@@ -43,6 +43,9 @@ class TiantongSim(PtySim):
         self._t0 = time.monotonic()
         self._registered = True
         self._parts: dict[tuple[str, int], dict[int, str]] = {}
+        #: the call in progress: (number, state) with 27.007 +CLCC states (4 incoming, 0 active)
+        self.call: tuple[str, int] | None = None
+        self._next_ring = 0.0
 
     # -- state
     def rssi(self, now: float) -> int:
@@ -55,7 +58,16 @@ class TiantongSim(PtySim):
             return True
         return ((now - self._t0) % (self.loss_every + self.loss_for)) < self.loss_every
 
+    def ring(self, number: str) -> None:
+        """An incoming call: RING and +CLIP every 2 s until answered (ATA) or hung up (ATH)."""
+        self.call = (number, 4)
+        self._next_ring = 0.0
+
     def tick(self, now: float) -> None:
+        if self.call is not None and self.call[1] == 4 and now >= self._next_ring:
+            self._next_ring = now + 2.0
+            self._line("RING")
+            self._line(f'+CLIP: "{self.call[0]}",145')
         reg = self.registered(now)
         if reg != self._registered:
             self._registered = reg
@@ -146,9 +158,21 @@ class TiantongSim(PtySim):
                 self._line(self.inbox[idx]["text"])
             self._line("OK")
         elif body == "+CLCC":
+            if self.call is not None:
+                self._line(f'+CLCC: 1,1,{self.call[1]},0,0,"{self.call[0]}",145')
             self._line("OK")
+        elif body == "A":
+            if self.call is None:
+                self._line("NO CARRIER")
+            else:
+                self.call = (self.call[0], 0)
+                self._line("OK")
         elif body in ("H", "+CHUP"):
+            ended = self.call is not None
+            self.call = None
             self._line("OK")
+            if ended:
+                self._line("NO CARRIER")
         else:
             self._line("+CME ERROR: 4")
 

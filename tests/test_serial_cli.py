@@ -88,23 +88,30 @@ def test_bd_and_sms_from_cli_through_hub(cli, hub_with_sims) -> None:
         time.sleep(0.3)
 
 
-def test_direct_port_retry_after_fki(cli) -> None:
+@pytest.mark.parametrize("profile", ["rdss-bd2-level3", "rdss-bd3"])
+def test_direct_port_retry_after_fki(cli, profile: str) -> None:
     """No hub: the CLI opens the port itself; the module refuses (card used recently) and the
-    CLI retries after the wait stated in $BDFKI."""
-    with RdssSim(interval=2) as rdss:
+    CLI retries after the wait stated in $BDFKI (BD-2 and BD-3 feedback forms)."""
+    with RdssSim(interval=2, profile=profile) as rdss:
         rdss.last_tx = time.monotonic()
-        proc = cli("bd", "send", "0166166", "direct", "--port", rdss.path, "--json", timeout=60)
+        proc = cli("bd", "send", "0166166", "direct", "--port", rdss.path, "--profile", profile, "--json",
+                   timeout=60)
         assert proc.returncode == 0, proc.stderr
         res = orjson.loads(proc.stdout)
         assert res["attempts"] == 2 and res["refusals"][0]["wait_s"] >= 1
+        if profile == "rdss-bd3":
+            assert "频度未到" in res["refusals"][0]["text"]  # the profile's FKI reason code
         assert rdss.refused == 1 and rdss.sent[-1]["text"] == "direct" and rdss.sent[-1]["dest"] == "0166166"
 
 
 def test_direct_sms_and_missing_port(cli, tmp_path: Path) -> None:
     with TiantongSim() as tt:
+        tt.fail_next = 1  # the first submission fails (+CMS ERROR 332, network timeout): retried
         proc = cli("tiantong", "send", "10086", "hello from the vehicle", "--port", tt.path, "--json", timeout=60)
         assert proc.returncode == 0, proc.stderr
+        assert orjson.loads(proc.stdout)["retries"] == 1
         assert tt.sent[-1] == {**tt.sent[-1], "number": "10086", "text": "hello from the vehicle"}
+        assert len(tt.sent) == 1
     gone = cli("tiantong", "send", "10086", "x", "--port", str(tmp_path / "nope"))
     assert gone.returncode == 1 and "cannot open" in gone.stderr and "Traceback" not in gone.stderr
 

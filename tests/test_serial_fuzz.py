@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import drivers
 import drivers.pelco_d
-from drivers.base import ParseContext
+from drivers.base import Frame, ParseContext
 from drivers.sentence import sentence
 from fieldhub.errors import ProtocolError
 
@@ -150,3 +150,22 @@ def test_pelco_parser_on_random_valid_frames(frames: list) -> None:
 
     good, bad = run("pelco_d", [b"".join(frame_d(*f) for f in frames)])
     assert good + bad >= len(frames)
+
+
+def test_parser_state_is_bounded() -> None:
+    """GSV groups that never complete and long-SMS parts that never arrive do not pile up."""
+    drv = drivers.get("nmea")
+    framer, parser = drv.framer(), drv.parser({})
+    ctx = ParseContext("g", 1)
+    for _ in range(2000):
+        for f in framer.feed(sentence("GPGSV,3,2,12,01,40,083,46,02,17,308,41,12,07,344,39,14,22,228,45")):
+            parser.parse(f, ctx)
+    assert sum(len(v) for v in parser._gsv.values()) <= 68
+    from drivers.sms_pdu import deliver_pdus
+
+    tt = drivers.get("tiantong").parser({})
+    for ref in range(300):  # first halves of 300 long messages whose second halves never come
+        pdu = deliver_pdus("+8610000000000", "长" * 100, ref=ref)[0]
+        for line in (b"+CMGR: 0,,%d" % (len(pdu) // 2 - 1), pdu.encode()):
+            tt.parse(Frame(line), ctx)
+    assert len(tt._parts) <= tt.max_parts_pending

@@ -105,6 +105,9 @@ def test_unplug_replug_while_data_flows(rig: Rig) -> None:
     after = wait_for(lambda: (s := rig.status()["gnss-1"])["frames"] > before["frames"] + 20 and s, what="data again")
     assert after["opens"] >= before["opens"] + 1 and after["disconnects"] >= before["disconnects"] + 1
     assert after["open_failures"] >= 1  # the link path was gone for a while and the port kept retrying
+    presence = wait_for(lambda: (p := [(r.fields["online"], r.priority) for r in rig.records("presence", "gnss-1")])
+                        and p[-1][0] and len(p) >= 3 and p, what="presence records")
+    assert presence[-3:] == [(True, Priority.TELEMETRY), (False, Priority.ALARM), (True, Priority.TELEMETRY)]
 
 
 def test_noise_is_counted_and_quarantine_rate_limited(rig: Rig) -> None:
@@ -145,6 +148,9 @@ def test_rdss_interval_enforced_and_fki_retry(rig: Rig) -> None:
     texts = wait_for(lambda: {r.fields["text"] for r in rig.records("bd_message", "bd-1")} >= {"一号测试", "二号测试", "three"}
                      and {r.fields["text"] for r in rig.records("bd_message", "bd-1")}, what="TXR records")
     assert texts
+    sent = wait_for(lambda: rig.records("bd_sent", "bd-1"), what="bd_sent trail")
+    assert {r.fields["text"] for r in sent} >= {"一号测试", "二号测试", "three"}
+    assert next(r for r in sent if r.fields["text"] == "three").fields["attempts"] == 2
     card = rig.records("bd_card", "bd-1")[-1]
     assert card.fields["interval_s"] == 2 and card.tags["kind"] == "bd_terminal"
 
@@ -163,9 +169,13 @@ def test_tiantong_sms_short_long_and_retry(rig: Rig) -> None:
     assert sms[0].fields["parts"] == 3 and sms[0].fields["sender"] == sim.own_number
     sim.fail_next = 1
     retried = rig.call("serial.sms_send", {"number": "10086", "text": "retry me"})
-    assert retried["parts"] == 1 and sim.sent[-1]["text"] == "retry me"
+    assert retried["parts"] == 1 and retried["retries"] == 1 and sim.sent[-1]["text"] == "retry me"
+    accents = rig.call("serial.sms_send", {"number": "10086", "text": "café, 5 £\nline two"})
+    assert accents["coding"] == "ucs2" and sim.sent[-1]["text"] == "café, 5 £\nline two"
     assert rig.status()["tt-1"]["session"]["sms_retries"] >= 1
     assert rig.records("sat_signal", "tt-1") and rig.records("sat_registration", "tt-1")
+    out = wait_for(lambda: rig.records("sms_out", "tt-1"), what="sms_out trail")
+    assert any(r.fields["text"] == long_text and r.fields["parts"] == 3 for r in out)
 
 
 def test_ptz_absolute_position_and_movement(rig: Rig) -> None:
@@ -257,7 +267,9 @@ def test_lrrp_over_udp(tmp_path: Path, fixtures_dir: Path) -> None:
         port.stop()
     recs = [e.record for e in log.cursor("t").read(100)]
     log.close()
-    assert sum(1 for r in recs if r.kind == "position") == 4 and len(recs) == len(docs) == 8
+    data = [r for r in recs if r.kind != "presence"]
+    assert sum(1 for r in data if r.kind == "position") == 4 and len(data) == len(docs) == 8
+    assert [r.fields["online"] for r in recs if r.kind == "presence"] == [True]
 
 
 def test_dmr_text_and_ptz_from_cli(rig: Rig, cli) -> None:
@@ -290,3 +302,64 @@ def test_device_registered_while_running_gets_tags_at_reconnect(rig: Rig) -> Non
     recs = wait_for(lambda: [r for r in rig.records("ptz_position", "ptz-1") if r.tags.get("level") == "township"],
                     what="tagged ptz records")
     assert recs[0].tags["admin_code"] == "420102001000"
+
+
+def test_capture_replayed_through_pty_in_split_pieces(tmp_path: Path, fixtures_dir: Path) -> None:
+    """gpsfake-style: a real capture played into a pty, every sentence written in two random
+    pieces; the port decodes exactly what a file replay decodes."""
+    from fieldhub.log import DurableLog
+    from fieldhub.replay import replay_file
+    from fieldhub.serial_ingest import SerialPortConfig, open_port
+
+    capture = fixtures_dir / "nmea" / "gpsd_unicore-um621.log"
+    expected = replay_file("nmea", capture)
+    log = DurableLog(tmp_path / "log.db")
+    sim = GnssSim(capture=capture, rate=400, split=True, loop=False, seed=7)
+    sim.paused = True  # hold the capture until the port is open
+    with sim:
+        port = open_port(SerialPortConfig("um621", "nmea", sim.path), log=log)
+        port.start()
+        try:
+            wait_for(lambda: port.connected, what="port open")
+            sim.paused = False
+            wait_for(lambda: port.status()["frames"] >= expected["frames"] and sim.replayed >= len(sim.lines),
+                     timeout=30, what="whole capture")
+            time.sleep(0.3)
+            st = port.status()
+        finally:
+            port.stop()
+    log.close()
+    assert st["frames"] == expected["frames"] == 882 and st["bad_frames"] == 0
+    assert st["records"] == expected["records"]
+
+
+def test_tiantong_call_state(rig: Rig) -> None:
+    sim = rig.sims["tt-1"]
+    sim.ring("+8613900000000")
+    calls = wait_for(lambda: [r.fields for r in rig.records("sat_call", "tt-1") if r.fields.get("number")],
+                     what="incoming call records")
+    assert calls[0] == {"state": "incoming", "number": "+8613900000000"}
+    rig.call("serial.send", {"device": "tt-1", "command": {"at": "ATH"}})
+    wait_for(lambda: any(r.fields["state"] == "ended" for r in rig.records("sat_call", "tt-1")), what="call ended")
+    assert sim.call is None
+
+
+def test_tiantong_poll_interval(tmp_path: Path) -> None:
+    """Signal and registration are polled on the port's interval (overriding the profile's 30 s)."""
+    from fieldhub.log import DurableLog
+    from fieldhub.serial_ingest import SerialPortConfig, open_port
+
+    log = DurableLog(tmp_path / "log.db")
+    with TiantongSim() as sim:
+        port = open_port(SerialPortConfig("tt-poll", "tiantong", sim.path, poll_interval=0.3), log=log)
+        port.start()
+        try:
+            def polled() -> list:
+                return [e.record for e in log.cursor("t").read(1000) if e.record.kind == "sat_signal"]
+            recs = wait_for(lambda: len(p := polled()) >= 6 and p, timeout=15, what="six polls")
+        finally:
+            port.stop()
+    log.close()
+    gaps = [(b.ts - a.ts) / 1e9 for a, b in zip(recs, recs[1:])]
+    assert all(g >= 0.25 for g in gaps)  # never faster than the interval
+    assert all(r.fields["dbm"] == -113 + 2 * r.fields["rssi"] for r in recs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from fieldhub.center import HubRegistry
 from fieldhub.log import DurableLog
 from fieldhub.mosquitto import free_port
@@ -106,3 +108,86 @@ def test_beidou_only_alarm_arrives_as_a_short_message_within_one_card_interval(t
         log.close()
         stop(worker)
         net.stop()
+
+
+@pytest.mark.parametrize("profile", ["rdss-bd2-level3", "rdss-bd3"])
+def test_beidou_bearer_drives_the_rdss_module_simulator(profile: str) -> None:
+    """The bearer against the serial feature's RDSS module simulator (BD-2 and BD-3 feedback)."""
+    from fieldhub.bearers import BeidouBearer
+    from fieldhub.errors import TransportError
+    from simulators.rdss import RdssSim
+
+    sim = RdssSim(card="0242286", interval=30, profile=profile)
+    sim.start()
+    lines: list[list[str]] = []
+    bearer = BeidouBearer(LinkConfig(name="bd", kind="beidou", url=sim.path, dest_card="0242286",
+                                     card_interval=30), "vehicle-01", on_line=lines.append)
+    try:
+        bearer.start()
+        wait_until(bearer.up, 10, "the card info", 0.05)
+        assert bearer.card["card"] == "0242286" and bearer.interval == 30
+        payload = bytes(range(70))
+        bearer.send(payload)
+        assert sim.sent[-1]["hex"] == payload.hex().upper()
+        wait_until(lambda: any(f[0] == "BDTXR" for f in lines), 5, "the loopback message", 0.05)
+        txr = next(f for f in lines if f[0] == "BDTXR")
+        assert txr[-1] == payload.hex().upper()
+        assert not bearer.ready()  # the bearer itself keeps to the card interval
+        with pytest.raises(TransportError, match="refused"):
+            bearer.send(b"too soon")  # and the module's refusal is reported, not lost
+        assert bearer.status()["refused"] == 1 and bearer.status()["messages_sent"] == 1
+    finally:
+        bearer.stop()
+        sim.stop()
+
+
+def test_tiantong_sms_only_alarm_reaches_the_center(tmp_path: Path, mosquitto) -> None:
+    """Hub terminal -> (the test relays SMS like the network) -> center terminal -> center."""
+    import threading
+
+    from simulators.tiantong import TiantongSim
+
+    hub_sim = TiantongSim(own_number="+8617400000001").start()
+    center_sim = TiantongSim(own_number="+8617400000999").start()
+    stop_relay = threading.Event()
+
+    def relay() -> None:
+        done = 0
+        while not stop_relay.wait(0.1):
+            for msg in hub_sim.sent[done:]:
+                if msg["number"] == center_sim.own_number:
+                    center_sim.receive(hub_sim.own_number, msg["text"])
+                done += 1
+
+    threading.Thread(target=relay, daemon=True).start()
+    center_dir = tmp_path / "center"
+    worker = center_worker(mosquitto.url, center_dir, "w1", "--tiantong", center_sim.path, "--mac-key", KEY)
+    cfg = UplinkConfig(enabled=True, mac_key=KEY, links=[
+        LinkConfig(name="tt", kind="tiantong", url=hub_sim.path, dest_card=center_sim.own_number,
+                   card_interval=2, classes=["alarm"], cost=50, bandwidth="2400bit")])
+    log = DurableLog(tmp_path / "hub" / "log.db")
+    up = Uplink(log, cfg, "vehicle-06")
+    try:
+        up.start()
+        wait_until(lambda: up.status()["links"][0]["state"] == "up", 20, "Tiantong registration", 0.1)
+        log.append([hubproc.record(i) for i in range(20)])  # telemetry is not allowed on this link
+        first = alarm("geo-monitor-4", time.time_ns(), 1)
+        log.append([first])
+        wait_until(lambda: first.id in center_ids(center_dir), 15, "the alarm by SMS", 0.1)
+        store = LocalStore(center_dir / "store.db", readonly=True)
+        got = {r.id: r for r in store.query("alarm")}
+        assert got[first.id].tags["via"] == "tiantong" and got[first.id].fields["code"] == 301
+        assert len(center_ids(center_dir)) == 1
+        assert hub_sim.sent[0]["number"] == center_sim.own_number and len(hub_sim.sent[0]["text"]) <= 160
+        status = up.status()
+        assert status["stats"]["short_messages"] == 1 and status["routes"]["telemetry"] is None
+        wait_until(lambda: not center_sim.inbox, 10, "the center to delete the read SMS", 0.1)
+        reg = HubRegistry(center_dir / "center.db", readonly=True).hubs()
+        assert reg[0]["last_link"] == f"tiantong:{hub_sim.own_number}"
+    finally:
+        stop_relay.set()
+        up.stop()
+        log.close()
+        stop(worker)
+        hub_sim.stop()
+        center_sim.stop()
