@@ -209,7 +209,7 @@ class MqttIngest:
         self._stop = threading.Event()
         self._gen = 0
         self._committed: deque[list[tuple[str, int, bytes]]] = deque()
-        self._fatal: BaseException | None = None
+        self._closing = False
         self.connected = False
         self.presence = Presence({k: float(v) for k, v in cfg.offline_after.items()})
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0, "acked": 0,
@@ -267,7 +267,7 @@ class MqttIngest:
         self._gen += 1  # acks for the old connection's packet ids must not go out on the new one
         if self.connected:
             self.stats["disconnects"] += 1
-            if not self._stop.is_set():
+            if not self._closing:
                 self.oplog.write("warning", "mqtt_disconnected",
                                  f"lost broker {self.cfg.broker} ({reason}); reconnecting",
                                  f"与 MQTT 代理断开（{reason}），正在重连")
@@ -313,6 +313,7 @@ class MqttIngest:
         self._client.loop_start()
 
     def stop(self) -> None:
+        self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
         self._stop.set()

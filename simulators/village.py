@@ -225,11 +225,15 @@ class Fleet:
     def run(self) -> dict[str, Any]:
         o = self.o
         self.started = time.monotonic()
+        errors: list[OSError] = []
         for d in self.devices:
             try:
                 self._connect(d)
-            except OSError:
+            except OSError as exc:
                 self.counts["refused"] += 1
+                errors.append(exc)
+        if errors and len(errors) == len(self.devices):
+            raise OSError(f"no device could connect: {errors[0]}")
         period = 1.0 / o.rate if o.rate > 0 else math.inf
         heap = [(self.started + self.rng.uniform(0, min(period, 5.0)), i) for i in range(len(self.devices))]
         heapq.heapify(heap)
