@@ -42,6 +42,8 @@ class Priority(IntEnum):
 
 
 PRIORITY_NAMES = tuple(p.label for p in Priority)
+_PRIO_BY_NAME: dict[object, Priority] = {p.label: p for p in Priority}
+_GOOD_KINDS: set[str] = set()
 #: classes that disk-cap eviction never removes
 PROTECTED = frozenset({Priority.ALARM, Priority.COMMAND})
 
@@ -84,24 +86,35 @@ class Record:
              tags: Mapping[str, str] | None = None, priority: Priority | str = Priority.TELEMETRY,
              source: str = "", key: object = None) -> "Record":
         """Build a validated record; ``key`` (default: ts) makes the stable id unique per event."""
-        if not _KIND_RE.match(kind or ""):
-            raise ValidationError(f"bad record kind {kind!r}: lower-case letters, digits, '_'")
+        if kind not in _GOOD_KINDS:
+            if not _KIND_RE.match(kind or ""):
+                raise ValidationError(f"bad record kind {kind!r}: lower-case letters, digits, '_'")
+            if len(_GOOD_KINDS) < 10_000:
+                _GOOD_KINDS.add(kind)
         if not device_id:
             raise ValidationError("record without device_id")
-        if not isinstance(ts, int) or isinstance(ts, bool):
-            raise ValidationError(f"ts must be integer ns, got {type(ts).__name__}")
-        clean: dict[str, FieldValue] = {}
+        if type(ts) is not int:
+            if not isinstance(ts, int) or isinstance(ts, bool):
+                raise ValidationError(f"ts must be integer ns, got {type(ts).__name__}")
+            ts = int(ts)
         for name, value in fields.items():
-            if not isinstance(name, str) or not name:
+            t = type(value)
+            if t is float:
+                if value != value:
+                    raise ValidationError(f"field {name!r} is NaN")
+            elif t is not int and t is not str and t is not bool:
+                if not isinstance(value, (int, float, str, bool)):
+                    raise ValidationError(f"field {name!r}: {t.__name__} is not a scalar")
+                if isinstance(value, float) and value != value:
+                    raise ValidationError(f"field {name!r} is NaN")
+            if type(name) is not str or not name:
                 raise ValidationError(f"field name {name!r} is not a non-empty string")
-            if not isinstance(value, (int, float, str, bool)):
-                raise ValidationError(f"field {name!r}: {type(value).__name__} is not a scalar")
-            if isinstance(value, float) and value != value:
-                raise ValidationError(f"field {name!r} is NaN")
-            clean[name] = value
-        if not clean:
+        if not fields:
             raise ValidationError(f"record {kind} from {device_id} has no fields")
-        prio = Priority.parse(priority)
+        clean = dict(fields)
+        prio = priority if type(priority) is Priority else _PRIO_BY_NAME.get(priority)  # type: ignore[arg-type]
+        if prio is None:
+            prio = Priority.parse(priority)
         rid = stable_id(source, device_id, kind, ts if key is None else key)
         return cls(kind, device_id, ts, clean, dict(tags or {}), prio, source, rid)
 
