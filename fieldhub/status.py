@@ -28,6 +28,27 @@ def _file_size(path: Path) -> int:
     return total
 
 
+def device_states(db: sqlite3.Connection, device_ids: list[str], now_ns: int,
+                  offline_after_s: float = DEFAULT_OFFLINE_AFTER_S) -> dict[str, str]:
+    """online/offline per device: an offline ``presence`` record (last will, unplugged port,
+    lost heartbeat) newer than the device's last data wins; otherwise the device is online if
+    it reported within ``offline_after_s``."""
+    out: dict[str, str] = {}
+    horizon = now_ns - int(offline_after_s * 1e9)
+    for dev in device_ids:
+        data = db.execute("SELECT ts FROM points WHERE device_id=? AND kind!='presence' "
+                          "ORDER BY ts DESC LIMIT 1", (dev,)).fetchone()
+        pres = db.execute("SELECT ts, fields FROM points WHERE device_id=? AND kind='presence' "
+                          "ORDER BY ts DESC LIMIT 1", (dev,)).fetchone()
+        last_data = data[0] if data else None
+        if pres and (last_data is None or pres[0] >= last_data):
+            online = bool(orjson.loads(pres[1]).get("online"))
+            out[dev] = "online" if online and pres[0] >= horizon else "offline"
+        else:
+            out[dev] = "online" if last_data is not None and last_data >= horizon else "offline"
+    return out
+
+
 def collect(config: Config, *, log: DurableLog | None = None,
             registry: Registry | None = None) -> dict[str, Any]:
     from .hub import HUB_INFO_FILE, LOG_FILE, OPLOG_FILE, REGISTRY_FILE, STORE_FILE
@@ -43,27 +64,25 @@ def collect(config: Config, *, log: DurableLog | None = None,
             out["last_started_ns"] = info.get("started_ns")
         except (orjson.JSONDecodeError, OSError):
             pass
-    # devices, online/offline from the local store's last record per device
+    # devices: online/offline from each device's latest record and latest presence record
     reg = registry or (Registry(data_dir / REGISTRY_FILE) if (data_dir / REGISTRY_FILE).exists() else None)
-    last_seen: dict[str, int] = {}
+    devices = reg.all() if reg else []
+    states: dict[str, str] = {}
     store_path = data_dir / STORE_FILE
     if store_path.exists():
         db = connect(store_path)
         try:
-            last_seen = dict(db.execute("SELECT device_id, max(ts) FROM points GROUP BY device_id"))
+            states = device_states(db, [d.id for d in devices], time.time_ns())
             out["store"] = {"records": db.execute("SELECT count(*) FROM points").fetchone()[0],
                             "bytes": _file_size(store_path)}
         except sqlite3.OperationalError:
             out["store"] = {"records": 0, "bytes": _file_size(store_path)}
         finally:
             db.close()
-    now = time.time_ns()
     by_level: dict[str, dict[str, int]] = defaultdict(lambda: {"online": 0, "offline": 0})
     by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"online": 0, "offline": 0})
-    devices = reg.all() if reg else []
     for dev in devices:
-        seen = last_seen.get(dev.id)
-        state = "online" if seen and now - seen < DEFAULT_OFFLINE_AFTER_S * 1e9 else "offline"
+        state = states.get(dev.id, "offline")
         by_level[AdminCode(dev.admin_code).level][state] += 1
         by_kind[dev.kind][state] += 1
     out["devices"] = {"total": len(devices), "by_level": dict(by_level), "by_kind": dict(by_kind)}

@@ -205,3 +205,24 @@ def test_dead_consumer_does_not_block_others(tmp_path: Path) -> None:
     live.stop()
     stop.join(35)
     log.close()
+
+
+def test_device_states_from_data_and_presence(tmp_path: Path) -> None:
+    from fieldhub.log import connect
+    from fieldhub.status import device_states
+
+    now = time.time_ns()
+    s = 1_000_000_000
+    store = LocalStore(tmp_path / "s.db")
+    store.write([
+        Record.make("rain", "a", now - 5 * s, {"mm": 1}, key=1),  # reporting
+        Record.make("rain", "b", now - 5 * s, {"mm": 1}, key=1),  # reported, then its last will
+        Record.make("presence", "b", now - 2 * s, {"online": False, "reason": "will"}, key=2),
+        Record.make("rain", "c", now - 3600 * s, {"mm": 1}, key=1),  # silent for an hour
+        Record.make("presence", "d", now - 1 * s, {"online": True, "reason": "port open"}, key=1),
+        Record.make("presence", "e", now - 9 * s, {"online": False, "reason": "unplugged"}, key=1),
+        Record.make("rain", "e", now - 1 * s, {"mm": 2}, key=2),  # came back: data is newer
+    ])
+    states = device_states(connect(tmp_path / "s.db"), ["a", "b", "c", "d", "e", "f"], now)
+    assert states == {"a": "online", "b": "offline", "c": "offline", "d": "online", "e": "online",
+                      "f": "offline"}
