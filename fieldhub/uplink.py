@@ -141,7 +141,7 @@ class Uplink:
                           key=self.manager._rank)
         for link in ip_links:
             classes = [p for p in Priority if self.manager.best(p) is link]
-            while classes and self._in_flight(link.name) < self.cfg.window:
+            while classes and self._window_open(link):
                 if not self._send_batch(link, classes):
                     break
                 sent = True
@@ -154,6 +154,17 @@ class Uplink:
 
     def _in_flight(self, link: str) -> int:
         return sum(1 for f in self._inflight.values() if f.link == link)
+
+    def _window_open(self, link: MqttBearer) -> bool:
+        """The window is link time, not a batch count: ``window`` batches of ``batch_time``
+        each. Batches cut short by ``batch_records`` (well-compressed telemetry) leave room
+        for more of them, so the link stays busy; an alarm still waits behind at most about
+        ``window * batch_time`` of link time. At most ``4 * window`` batches either way."""
+        flights = [f for f in self._inflight.values() if f.link == link.name]
+        if len(flights) >= 4 * self.cfg.window:
+            return False
+        budget = self.cfg.window * link.config.bps / 8 * float(self.cfg.batch_time)
+        return sum(f.size for f in flights) < budget
 
     def _limit(self, link: MqttBearer) -> int:
         bpr = self._bpr.get(link.name, 6.0)

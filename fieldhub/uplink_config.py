@@ -99,7 +99,8 @@ class UplinkConfig:
     batch_records: int = 10_000
     #: target link time per batch (batch size follows the link's bandwidth)
     batch_time: Duration = Duration(1.0)
-    #: unacknowledged batches in flight per link
+    #: unacknowledged link time in flight per link, in batches of batch_time (short batches of
+    #: well-compressed data count by their bytes, up to 4 x window batches)
     window: int = 4
     #: resend a batch the center has not acknowledged within this long
     ack_timeout: Duration = Duration(30)

@@ -249,3 +249,24 @@ def test_center_writes_influxdb_before_it_acks(tmp_path: Path, mosquitto, influx
         up.stop()
         log.close()
         stop(worker)
+
+
+def test_window_counts_link_time_not_batches(tmp_path: Path, mosquitto) -> None:
+    """Short batches (cut by batch_records) fill the window by bytes, so more of them fly at
+    once than `window` — the link stays busy — but never more than 4 x window; with no center
+    acking, nothing more is sent."""
+    log = DurableLog(tmp_path / "hub" / "log.db")
+    log.append([hubproc.record(i) for i in range(5000)])
+    cfg = UplinkConfig(enabled=True, batch_records=50, window=2, ack_timeout=60, probe_interval=0.5,
+                       links=[LinkConfig(name="ground", url=mosquitto.url, bandwidth="2mbit", latency=0.01)])
+    up = Uplink(log, cfg, "vehicle-13")
+    try:
+        up.start()
+        wait_until(lambda: up._in_flight("ground") >= 8, 20,
+                   "short batches to fill the window by bytes", 0.1)
+        time.sleep(1.0)
+        assert up._in_flight("ground") == 8  # 4 x window, far below the byte budget
+        assert up.stats["records_sent"] == 8 * 50
+    finally:
+        up.stop()
+        log.close()
