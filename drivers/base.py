@@ -64,6 +64,29 @@ class Driver:
         if self.read_capture is not None:
             yield from self.read_capture(path)
             return
-        with open(path, "rb") as f:
-            while chunk := f.read(65536):
-                yield chunk
+        yield from read_raw_capture(path)
+
+
+def read_raw_capture(path: Path) -> Iterator[bytes]:
+    """A binary capture file in 64 KiB chunks."""
+    with open(path, "rb") as f:
+        while chunk := f.read(65536):
+            yield chunk
+
+
+def read_hex_capture(path: Path) -> Iterator[bytes]:
+    """Vector files (``#`` comments, then ``column | ... | hex bytes`` rows: one frame per row)
+    as bytes; any other file is read as a raw binary capture."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not (head.startswith(b"#") or b" | " in head):
+        yield from read_raw_capture(path)
+        return
+    with open(path, "rb") as f:
+        for line in f:
+            if line.startswith(b"#") or b"|" not in line:
+                continue
+            try:
+                yield bytes.fromhex(line.rsplit(b"|", 1)[1].decode("ascii"))
+            except ValueError:
+                continue

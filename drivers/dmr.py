@@ -9,13 +9,12 @@ serial line or socket unchanged, which is what this driver reads.
 from __future__ import annotations
 
 import struct
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from fieldhub.errors import ProtocolError, ValidationError
 from fieldhub.records import Priority, Record
 
-from .base import Driver, Frame, ParseContext
+from .base import Driver, Frame, ParseContext, read_hex_capture
 
 SOURCE = "serial:dmr"
 HDAP_LP, HDAP_TMP = 0x08, 0x09
@@ -328,25 +327,6 @@ def encode(command: Mapping[str, Any]) -> bytes:
     raise ValidationError(f"unknown DMR command {cmd!r}; one of text, locate")
 
 
-def read_capture(path: Path) -> Iterator[bytes]:
-    """Vector files (``proto | description | hex``) as bytes, else the raw capture."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if not (head.startswith(b"#") or b" | " in head):
-        with open(path, "rb") as f:
-            while chunk := f.read(65536):
-                yield chunk
-        return
-    with open(path, "rb") as f:
-        for line in f:
-            if line.startswith(b"#") or b"|" not in line:
-                continue
-            try:
-                yield bytes.fromhex(line.rsplit(b"|", 1)[1].strip().decode("ascii"))
-            except ValueError:
-                continue
-
-
 DRIVER = Driver(name="dmr", summary="DMR radios: Hytera HDAP location/text, Motorola LRRP",
-                framer=DmrFramer, parser=DmrParser, read_capture=read_capture,
+                framer=DmrFramer, parser=DmrParser, read_capture=read_hex_capture,
                 simulator="simulators.dmr:DmrSim", encoder=encode)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from fieldhub.errors import ValidationError
 from fieldhub.records import Priority, Record
 
-from .base import Driver, Frame, ParseContext
+from .base import Driver, Frame, ParseContext, read_hex_capture
 
 SOURCE = "serial:pelco_d"
 D_SYNC, P_SYNC, P_END = 0xFF, 0xA0, 0xAF
@@ -196,25 +195,6 @@ def encode(command: Mapping[str, Any]) -> bytes:
                           "query_tilt, query_zoom")
 
 
-def read_capture(path: Path) -> Iterator[bytes]:
-    """Vector files (``proto | check | description | hex``) as bytes, else the raw capture."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if not (head.startswith(b"#") or b" | " in head):
-        with open(path, "rb") as f:
-            while chunk := f.read(65536):
-                yield chunk
-        return
-    with open(path, "rb") as f:
-        for line in f:
-            if line.startswith(b"#") or b"|" not in line:
-                continue
-            try:
-                yield bytes.fromhex(line.rsplit(b"|", 1)[1].decode("ascii"))
-            except ValueError:
-                continue
-
-
 DRIVER = Driver(name="pelco_d", summary="Pelco-D/P PTZ control balls over RS-485",
-                framer=PelcoFramer, parser=PelcoParser, read_capture=read_capture,
+                framer=PelcoFramer, parser=PelcoParser, read_capture=read_hex_capture,
                 simulator="simulators.ptz:PtzSim", encoder=encode)
