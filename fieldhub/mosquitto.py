@@ -31,6 +31,21 @@ def wait_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.Pope
     raise TransportError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0, *, kill: bool = False) -> None:
+    """Terminate (or kill) a child process and reap it; kill it if it outlives ``timeout``."""
+    if proc.poll() is not None:
+        return
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def find_mosquitto() -> str | None:
     return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
@@ -77,15 +92,7 @@ class Mosquitto:
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:
             return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 10, kill=kill)
         self.proc = None
         self.log_file.close()
 

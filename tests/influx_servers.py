@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from fieldhub.mosquitto import free_port
+from fieldhub.mosquitto import free_port, stop_process
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -91,15 +91,7 @@ class _Server:
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:
             return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 20, kill=kill)
         self.proc = None
         if self._log:
             self._log.close()

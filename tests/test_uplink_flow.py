@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fieldhub import control
 from fieldhub.center import HubRegistry
 from fieldhub.log import DurableLog
-from fieldhub.mosquitto import free_port
+from fieldhub.mosquitto import free_port, stop_process
 from fieldhub.store import LocalStore
 from fieldhub.uplink import Uplink
 from fieldhub.uplink_codec import decode_batch
@@ -40,13 +39,7 @@ def center_worker(broker: str, data_dir: Path, name: str, *extra: str) -> subpro
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, 15)
 
 
 def center_ids(center_dir: Path) -> list[str]:
