@@ -63,8 +63,15 @@ def _parse_set(values: Iterable[str]) -> dict[str, str]:
     return out
 
 
+#: command flags that are shorthands for a config key (declared on the command itself)
+FLAG_KEYS = {"broker": "mqtt.broker"}
+
+
 def hub_options(f: Callable) -> Callable:
-    """--config, --data-dir and --set on a command; passes ``cfg`` (loaded Config)."""
+    """--config, --data-dir and --set on a command; passes ``cfg`` (loaded Config).
+
+    A shorthand flag from ``FLAG_KEYS`` declared on the command (``run --broker``) is
+    layered with --set and --data-dir, above the environment and the file."""
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),
                   help="TOML config file (default: $FIELDHUB_CONFIG, ./fieldhub.toml, /etc/fieldhub/fieldhub.toml).")
@@ -78,8 +85,10 @@ def hub_options(f: Callable) -> Callable:
         overrides: dict[str, Any] = _parse_set(settings)
         if data_dir:
             overrides["hub.data_dir"] = data_dir
-        extra = kwargs.pop("_overrides", None) or {}
-        overrides.update(extra)
+        for flag, key in FLAG_KEYS.items():
+            value = kwargs.pop(flag, None)
+            if value:
+                overrides[key] = value
         kwargs["cfg"] = configmod.load(config_path, overrides)
         return f(*args, **kwargs)
     return wrapper
@@ -160,26 +169,15 @@ def init(config_path: str, force: bool) -> None:
 @hub_options
 @click.option("--broker", metavar="mqtt://HOST:PORT", help="MQTT broker to ingest from. [mqtt.broker]")
 @example("fieldhub run --config fieldhub.toml --broker mqtt://127.0.0.1:1883")
-def run(cfg: configmod.Config, broker: str | None) -> None:
+def run(cfg: configmod.Config) -> None:
     """Run the hub in the foreground until Ctrl-C / SIGTERM, then shut down cleanly."""
     from fieldhub.hub import Hub
 
-    if broker:
-        cfg = configmod.load(cfg.path, {**_cfg_overrides(cfg), "mqtt.broker": broker})
     hub = Hub(cfg)
     click.echo(f"fieldhub {__version__}: hub {cfg.hub.id} running, data dir {hub.data_dir}; "
                f"components: {', '.join(c.name for c in hub.components)}. Ctrl-C to stop.", err=True)
     hub.run()
     click.echo("stopped cleanly / 已正常停止", err=True)
-
-
-def _cfg_overrides(cfg: configmod.Config) -> dict[str, Any]:
-    """Flatten a loaded config back into overrides (so a flag can be layered on top)."""
-    out = {}
-    for section, values in cfg.as_dict().items():
-        for key, value in values.items():
-            out[f"{section}.{key}"] = value
-    return out
 
 
 # ----------------------------------------------------------------------------- status

@@ -171,6 +171,24 @@ def test_consumers_list_and_drop(data_dir: Path) -> None:
     assert bad.returncode == 1 and "no consumer 'nope'" in bad.stderr
 
 
+def test_run_broker_flag_overrides_the_config(data_dir: Path, tmp_path: Path, mosquitto) -> None:
+    conf = tmp_path / "fh.toml"
+    conf.write_text('[mqtt]\nbroker = "mqtt://127.0.0.1:1"\n')  # nothing listens there
+    hub = _start_hub(data_dir, "--config", str(conf), "--broker", mosquitto.url)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            mqtt = json.loads(run_cli("status", "--json", "--data-dir", str(data_dir),
+                                      check=True).stdout)["components"]["mqtt"]
+            if mqtt["connected"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert mqtt["broker"] == mosquitto.url and mqtt["connected"] is True
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(30) == 0
+
+
 def test_commands_that_need_the_hub_say_so(data_dir: Path) -> None:
     from fieldhub import control
     from fieldhub.errors import HubNotRunning
