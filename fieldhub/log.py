@@ -446,8 +446,6 @@ class DurableLog:
             return None
         if op.kind == "maint":
             return None
-        if op.kind == "call":
-            return op.payload(db)  # type: ignore[operator]
         raise ValueError(op.kind)
 
     def _count_in_tx(self, name: str, by: int) -> None:
@@ -544,10 +542,6 @@ class DurableLog:
             self.oplog.write("warning", "log_maintenance_failed", f"log compaction failed: {exc}",
                              f"日志整理失败：{exc}")
         return True
-
-    def run_in_writer(self, fn: Callable[[sqlite3.Connection], object]) -> object:
-        """Run ``fn(conn)`` inside a write transaction on the writer thread (tests, tools)."""
-        return self._submit("call", fn, None, None)
 
     def compact(self) -> None:
         """Run compaction now (it also runs every ``compact_interval`` seconds)."""

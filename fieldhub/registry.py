@@ -78,18 +78,9 @@ class AdminCode:
             return "township"
         return "village"
 
-    def prefix(self, level: str) -> str:
-        """The code of the enclosing unit at ``level`` (12 digits, zero-padded)."""
-        n = {"province": 2, "city": 4, "county": 6, "township": 9, "village": 12}[level]
-        return self.code[:n] + "0" * (12 - n)
-
     @property
     def county(self) -> str:
         return self.code[:6]
-
-    @property
-    def province_name(self) -> str:
-        return PROVINCES[self.code[:2]]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import orjson
 
@@ -96,14 +96,6 @@ class LocalStore:
 
     def counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT kind, count(*) FROM points GROUP BY kind ORDER BY kind"))
-
-    def last_seen(self) -> dict[str, int]:
-        """Latest record timestamp per device."""
-        return dict(self._db.execute("SELECT device_id, max(ts) FROM points GROUP BY device_id"))
-
-    def stats(self) -> dict[str, Any]:
-        total = self._db.execute("SELECT count(*) FROM points").fetchone()[0]
-        return {"records": total, "bytes": self.path.stat().st_size if self.path.exists() else 0}
 
     def close(self) -> None:
         self._db.close()
