@@ -89,6 +89,16 @@ class Endpoint:
             self.stats["handler_errors"] += 1
             self.error = f"handling data: {type(exc).__name__}: {exc}"
 
+    def _write(self, write: Callable[[bytes], object], data: bytes) -> bool:
+        """Send through ``write``, counting bytes or the failure (serial errors are OSErrors)."""
+        try:
+            write(data)
+        except OSError:
+            self.stats["tx_errors"] += 1
+            return False
+        self.stats["tx_bytes"] += len(data)
+        return True
+
     def _backoff(self, attempt: int) -> None:
         """Jittered, capped reconnect backoff."""
         delay = min(5.0, 0.2 * 2 ** min(attempt, 5)) * (0.5 + random.random() / 2)
@@ -156,12 +166,7 @@ class UdpIn(Endpoint):
     def send(self, data: bytes, peer: Any = None) -> bool:
         ok = True
         for p in ([peer] if peer is not None else self.peers()):
-            try:
-                self.sock.sendto(data, p)
-                self.stats["tx_bytes"] += len(data)
-            except OSError:
-                self.stats["tx_errors"] += 1
-                ok = False
+            ok = self._write(lambda d, p=p: self.sock.sendto(d, p), data) and ok
         return ok
 
 
@@ -260,13 +265,7 @@ class TcpClient(Endpoint):
         if sock is None:
             self.stats["tx_errors"] += 1
             return False
-        try:
-            sock.sendall(data)
-            self.stats["tx_bytes"] += len(data)
-            return True
-        except OSError:
-            self.stats["tx_errors"] += 1
-            return False
+        return self._write(sock.sendall, data)
 
 
 class TcpIn(Endpoint):
@@ -339,12 +338,7 @@ class TcpIn(Endpoint):
             targets = [(p, c) for p, c in self._clients.items() if peer is None or p == peer]
         ok = bool(targets)
         for _, c in targets:
-            try:
-                c.sendall(data)
-                self.stats["tx_bytes"] += len(data)
-            except OSError:
-                self.stats["tx_errors"] += 1
-                ok = False
+            ok = self._write(c.sendall, data) and ok
         return ok
 
 
@@ -397,13 +391,7 @@ class SerialEndpoint(Endpoint):
             if port is None:
                 self.stats["tx_errors"] += 1
                 return False
-            try:
-                port.write(data)
-                self.stats["tx_bytes"] += len(data)
-                return True
-            except (serial.SerialException, OSError):
-                self.stats["tx_errors"] += 1
-                return False
+            return self._write(port.write, data)
 
 
 CLASSES: dict[str, type[Endpoint]] = {"udpin": UdpIn, "udpout": UdpOut, "tcp": TcpClient,
