@@ -80,6 +80,17 @@ def split_text(text: str) -> tuple[str, list[str]]:
     return coding, [text[i:i + multi] for i in range(0, len(text), multi)]
 
 
+
+def _user_data(part: str, coding: str, udh: bytes) -> tuple[int, bytes]:
+    """TP-UDL and TP-UD of one part: UCS2 octets, or GSM 7-bit septets packed after the UDH."""
+    if coding == "ucs2":
+        body = udh + part.encode("utf-16-be")
+        return len(body), body
+    septets = [_GSM7_INDEX[c] for c in part]
+    fill = (7 - (len(udh) * 8) % 7) % 7 if udh else 0
+    udl = (len(udh) * 8 + fill) // 7 + len(septets) if udh else len(septets)
+    return udl, udh + pack7(septets, fill)
+
 def submit_pdus(number: str, text: str, ref: int | None = None) -> list[str]:
     """Hex SMS-SUBMIT PDUs (no SMSC, so ``AT+CMGS=<len>`` counts from the first TPDU byte)."""
     if not text:
@@ -93,14 +104,7 @@ def submit_pdus(number: str, text: str, ref: int | None = None) -> list[str]:
         udh = bytes((5, 0x00, 3, ref, len(parts), idx)) if len(parts) > 1 else b""
         first = 0x11 | (0x40 if udh else 0)  # SMS-SUBMIT, relative validity period, UDHI
         head = bytes((0x00, first, 0x00)) + _number(number) + bytes((0x00, 0x08 if coding == "ucs2" else 0x00, 0xA7))
-        if coding == "ucs2":
-            body = udh + part.encode("utf-16-be")
-            udl = len(body)
-        else:
-            septets = [_GSM7_INDEX[c] for c in part]
-            fill = (7 - (len(udh) * 8) % 7) % 7 if udh else 0
-            body = udh + pack7(septets, fill)
-            udl = (len(udh) * 8 + fill) // 7 + len(septets) if udh else len(septets)
+        udl, body = _user_data(part, coding, udh)
         out.append((head + bytes((udl,)) + body).hex().upper())
     return out
 
@@ -171,14 +175,7 @@ def deliver_pdus(sender: str, text: str, ts: tuple[int, ...] = (26, 11, 30, 8, 0
     for idx, part in enumerate(parts, 1):
         udh = bytes((5, 0x00, 3, ref & 0xFF, len(parts), idx)) if len(parts) > 1 else b""
         first = 0x04 | (0x40 if udh else 0)
-        if coding == "ucs2":
-            body = udh + part.encode("utf-16-be")
-            udl = len(body)
-        else:
-            septets = [_GSM7_INDEX[c] for c in part]
-            fill = (7 - (len(udh) * 8) % 7) % 7 if udh else 0
-            body = udh + pack7(septets, fill)
-            udl = (len(udh) * 8 + fill) // 7 + len(septets) if udh else len(septets)
+        udl, body = _user_data(part, coding, udh)
         tpdu = bytes((first,)) + _number(sender) + bytes((0x00, 0x08 if coding == "ucs2" else 0x00)) + scts + \
             bytes((udl,)) + body
         out.append(("00" + tpdu.hex()).upper())
