@@ -247,6 +247,10 @@ class DurableLog:
         """Create a consumer's cursor if it does not exist (``earliest`` or ``latest``)."""
         self._submit("register", (consumer, start), None, None)
 
+    def backlog(self, consumer: str) -> dict[str, int]:
+        """Records ``consumer`` has not passed yet, per priority class ({} if no such consumer)."""
+        return backlog(self._reader(), consumer)
+
     def consumer_names(self) -> list[str]:
         return [r[0] for r in self._reader().execute("SELECT DISTINCT consumer FROM cursors ORDER BY 1")]
 
@@ -631,7 +635,7 @@ class Cursor:
         return self.log.wait_for_data(self._seen, timeout)
 
     def backlog(self) -> dict[str, int]:
-        return backlog(self.log._reader(), self.name)
+        return self.log.backlog(self.name)
 
 
 def backlog(db: sqlite3.Connection, consumer: str) -> dict[str, int]:
