@@ -4,8 +4,10 @@ Run: .venv/bin/python bench/bench_influx.py [--records 100000] [--runs 5] [--ser
 
 The raw baseline posts the already-encoded line protocol of the same points to ``/write`` (v1,
 InfluxDB 1.6) or ``/api/v2/write`` (VictoriaMetrics) in batches of 5,000 from one thread with
-no log, no cursor and no retries. A second baseline does the same but encodes the Records to
-line protocol (same encoder) inside the timed loop, as a plain script writing to InfluxDB would. The sink reads the same records from the durable log through
+no log, no cursor and no retries (the issue's baseline). A second baseline does the same but
+encodes the Records to line protocol (the Python encoder) inside the timed loop, as a plain
+script writing to InfluxDB would; a third posts the ready-made lines two requests at a time,
+as the sink does (its default ``concurrency = 2``). The sink reads the same records from the durable log through
 its cursor, encodes them, posts batches of 5,000 (v1 mode for InfluxDB 1.6, influxdb-client v2
 for VictoriaMetrics) and commits the cursor after each accepted batch; the clock stops when its
 backlog is zero. Both sides write into fresh databases (or fresh measurements), without gzip
@@ -22,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import urllib3
@@ -49,9 +52,10 @@ def make_records(n: int, measurement: str) -> list[Record]:
                         tags=TAGS, source="bench", key=i) for i in range(n)]
 
 
-def raw_posts(server, lines: list[bytes] | list[Record], mode: str, db: str) -> float:
-    """Posts in batches of 5,000 from one thread; Records are encoded inside the timed loop."""
-    http = urllib3.PoolManager(retries=False, timeout=60)
+def raw_posts(server, lines: list[bytes] | list[Record], mode: str, db: str, inflight: int = 1) -> float:
+    """Posts in batches of 5,000 from one thread (or ``inflight`` threads, lines ready-made);
+    Records are encoded inside the timed loop."""
+    http = urllib3.PoolManager(retries=False, timeout=60, maxsize=inflight)
     if mode == "v1":
         server.query(f'CREATE DATABASE "{db}"')
         url = f"{server.url}/write?db={db}&precision=ns"
@@ -60,12 +64,22 @@ def raw_posts(server, lines: list[bytes] | list[Record], mode: str, db: str) -> 
     encode = isinstance(lines[0], Record)
     bodies = [] if encode else [b"\n".join(lines[i:i + BATCH]) for i in range(0, len(lines), BATCH)]
     enc = Encoder("bench")
-    t = time.perf_counter()
-    for i in range(0, len(lines), BATCH):
-        body = b"\n".join([enc.encode(r) for r in lines[i:i + BATCH]]) if encode else bodies[i // BATCH]
+
+    def post(body: bytes) -> None:
         resp = http.request("POST", url, body=body, headers={"Content-Type": "text/plain; charset=utf-8"})
         if resp.status not in (200, 204):
             raise RuntimeError(f"raw post failed: {resp.status} {resp.data[:200]!r}")
+
+    if inflight > 1:
+        with ThreadPoolExecutor(inflight) as pool:
+            t = time.perf_counter()
+            list(pool.map(post, bodies))
+            elapsed = time.perf_counter() - t
+        http.clear()
+        return len(lines) / elapsed
+    t = time.perf_counter()
+    for i in range(0, len(lines), BATCH):
+        post(b"\n".join([enc.encode(r) for r in lines[i:i + BATCH]]) if encode else bodies[i // BATCH])
     elapsed = time.perf_counter() - t
     http.clear()
     return len(lines) / elapsed
@@ -117,8 +131,8 @@ def main() -> None:
     ap.add_argument("--gzip", action="store_true", help="Also measure the sink with gzip on.")
     args = ap.parse_args()
     mode = "v1" if args.server == "influxdb1" else "v2"
-    results: dict[str, list[float]] = {"raw": [], "raw_enc": [], "sink": [], "sink_gzip": [],
-                                       "ratio": [], "ratio_enc": []}
+    results: dict[str, list[float]] = {"raw": [], "raw_enc": [], "raw2": [], "sink": [], "sink_gzip": [],
+                                       "ratio": [], "ratio_enc": [], "ratio2": []}
     cpu: dict[str, list[float]] = {"raw_server": [], "sink_server": [], "sink_client": []}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
@@ -132,6 +146,8 @@ def main() -> None:
                 raw = raw_posts(server, lines, mode, f"raw{run}")
                 cpu["raw_server"].append((cpu_seconds(server.proc.pid) - c0) / args.records * 1e6)
                 raw_enc = raw_posts(server, make_records(args.records, f"bench_enc_{run}"), mode, f"enc{run}")
+                raw2 = raw_posts(server, [enc.encode(r) for r in make_records(args.records, f"bench_raw2_{run}")],
+                                 mode, f"rawtwo{run}", inflight=2)
                 records = make_records(args.records, f"bench_sink_{run}")
                 c0 = cpu_seconds(server.proc.pid)
                 sink, client_cpu = sink_run(server, records, mode, f"sink{run}", work)
@@ -142,11 +158,14 @@ def main() -> None:
                 results["ratio"].append(sink / raw)
                 results["raw_enc"].append(raw_enc)
                 results["ratio_enc"].append(sink / raw_enc)
+                results["raw2"].append(raw2)
+                results["ratio2"].append(sink / raw2)
                 if args.gzip:
                     results["sink_gzip"].append(sink_run(server, make_records(args.records, f"bench_gz_{run}"),
                                                          mode, f"gz{run}", work, gzip=True)[0])
-                print(f"round {run + 1}: raw {raw:,.0f}, raw+encode {raw_enc:,.0f}, sink {sink:,.0f} "
-                      f"points/s ({sink / raw:.0%} / {sink / raw_enc:.0%})", flush=True)
+                print(f"round {run + 1}: raw {raw:,.0f}, raw+encode {raw_enc:,.0f}, raw 2 in flight {raw2:,.0f}, "
+                      f"sink {sink:,.0f} points/s ({sink / raw:.0%} / {sink / raw_enc:.0%} / {sink / raw2:.0%})",
+                      flush=True)
         finally:
             server.stop()
     med = {k: statistics.median(v) for k, v in results.items() if v}
@@ -155,9 +174,11 @@ def main() -> None:
           f"{args.runs} rounds (medians); load average at the end: {os.getloadavg()[0]:.2f}")
     print(f"raw line-protocol posts, one thread, lines ready-made: {med['raw']:,.0f} points/s")
     print(f"raw posts encoding the same Records to line protocol in the loop: {med['raw_enc']:,.0f} points/s")
+    print(f"raw posts, lines ready-made, two in flight (as the sink posts): {med['raw2']:,.0f} points/s")
     print(f"fieldhub influx sink (log -> cursor -> encode -> post -> commit): {med['sink']:,.0f} points/s")
     print(f"sink / raw (ready-made lines), median of per-round ratios: {med['ratio']:.0%}")
     print(f"sink / raw (encoding in the loop), median of per-round ratios: {med['ratio_enc']:.0%}")
+    print(f"sink / raw (ready-made, two in flight), median of per-round ratios: {med['ratio2']:.0%}")
     print(f"CPU per point: server {statistics.median(cpu['raw_server']):.1f} us (raw), "
           f"{statistics.median(cpu['sink_server']):.1f} us (sink); sink process "
           f"{statistics.median(cpu['sink_client']):.1f} us (raw client: lines ready-made)")

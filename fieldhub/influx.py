@@ -12,6 +12,7 @@ over the batches the server accepted, in order.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import sqlite3
 import threading
@@ -27,7 +28,7 @@ from .config import Duration
 from .consumer import Backoff
 from .influx_http import InfluxWriteError, Transport, V1Transport, V2Transport
 from .lineproto import SAME_TS_POLICIES, Encoder
-from .log import DurableLog
+from .log import DurableLog, decode
 from .oplog import OpLog
 from .records import Priority, Record
 
@@ -121,26 +122,30 @@ def make_transport(cfg: InfluxConfig) -> Transport:
                        timeout=cfg.timeout, pool_size=pool, tls_ca=cfg.tls_ca, tls_verify=cfg.tls_verify)
 
 
-#: a record as the sink holds it: a Record, or (priority, log body dict) straight from the log
+#: a record as the sink holds it: a Record, or a (priority, log body) row straight from the log
 Ref = Any
+
+try:  # the C encoder (fieldhub/_lpenc.c), built by pip install; without it Python does it all
+    from . import _lpenc
+except ImportError:  # pragma: no cover - a source tree nobody built
+    _lpenc = None
 
 
 def _record_of(ref: Ref) -> Record:
     if isinstance(ref, Record):
         return ref
-    prio, d = ref
-    return Record(d["k"], d["d"], d["t"], d["f"], d["g"], Priority(prio), d["s"], d["i"])
+    prio, body = ref
+    return decode(body, prio)
 
 
 def read_rows(log: DurableLog, after: dict[int, int],
-              limit: int) -> tuple[list[tuple[int, dict]], dict[int, int]]:
+              limit: int) -> tuple[list[tuple[int, bytes]], dict[int, int]]:
     """Like ``Cursor.read`` (most urgent class first, oldest first, past ``after``) but returns
-    ``(priority, body)`` pairs without building Record objects — the sink's hot path, where
-    building them cost a third of the time — and the last seq read per class. Reads the
-    log's own table and body format (``fieldhub.log``)."""
+    the ``(priority, body)`` rows as stored, without building Records — the sink's hot path,
+    where decoding them cost most of the time — and the last seq read per class. Reads the
+    log's own table (``fieldhub.log``)."""
     db = log._reader()
-    loads = orjson.loads
-    out: list[tuple[int, dict]] = []
+    out: list[tuple[int, bytes]] = []
     top: dict[int, int] = {}
     for prio in Priority:
         if len(out) >= limit:
@@ -149,9 +154,19 @@ def read_rows(log: DurableLog, after: dict[int, int],
         rows = db.execute("SELECT seq, body FROM log WHERE prio=? AND seq>? ORDER BY seq LIMIT ?",
                           (p, after.get(p, 0), limit - len(out))).fetchall()
         if rows:
-            out += [(p, loads(body)) for _, body in rows]
+            out += [(p, body) for _, body in rows]
             top[p] = rows[-1][0]
     return out, top
+
+
+@dataclass
+class Payload:
+    """One batch ready to post: its lines joined, and the rows they came from (a batch the
+    server rejects is encoded again line by line to find the bad points)."""
+
+    body: bytes
+    lines: int
+    rows: Sequence[Ref]
 
 
 class InfluxSink:
@@ -171,12 +186,21 @@ class InfluxSink:
         self._recent_bad: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._tags_at = time.monotonic()
+        #: series part of the line by raw (kind, device, tags) JSON text, for the C encoder
+        self._series: dict[bytes, bytes] = {}
+        #: "c" (fieldhub/_lpenc.c) or "python"; shown in status
+        self.encoder_name = "python" if _lpenc is None else "c"
 
     def _refresh_tags(self) -> None:
         now = time.monotonic()
-        if now - self._tags_at > 60:  # device tags may have changed in the registry
+        if now - self._tags_at > 60 or len(self._series) > 100_000:  # tags may have changed
             self.encoder.forget()
+            self._series.clear()
             self._tags_at = now
+
+    def _series_of(self, kind: bytes, device_id: bytes, tags: bytes) -> bytes:
+        loads = orjson.loads
+        return self.encoder.series_key(loads(kind), loads(device_id), loads(tags)).encode()
 
     def encode(self, records: Sequence[Record]) -> list[tuple[Ref, bytes]]:
         """Lines for the records; a record with nothing writable is quarantined here."""
@@ -187,20 +211,51 @@ class InfluxSink:
             self._keep(out, r, r.id, line)
         return out
 
-    def encode_rows(self, rows: Sequence[tuple[int, dict]]) -> list[tuple[Ref, bytes]]:
-        """Lines for rows from ``read_rows`` (the hot path)."""
+    def encode_rows(self, rows: list[tuple[int, bytes]]) -> Payload:
+        """One batch from ``read_rows`` rows (the hot path): the C encoder writes the lines
+        straight from the log bodies and hands back what it leaves to Python (records to
+        quarantine or skip, shapes it does not take)."""
         self._refresh_tags()
+        if _lpenc is None:
+            items = self._encode_refs(rows)
+            return Payload(b"\n".join([line for _, line in items]), len(items), rows)
+        body, count, handed = _lpenc.encode(rows, self._series, self._series_of, self.encoder.nudge,
+                                            self._recent_bad or None)
+        if handed:
+            extra = [line for _, line in self._encode_refs([rows[i] for i in handed])]
+            if extra:
+                body = b"\n".join([body, *extra] if body else extra)
+                count += len(extra)
+        return Payload(body, count, rows)
+
+    def _encode_refs(self, rows: Sequence[tuple[int, bytes]]) -> list[tuple[Ref, bytes]]:
+        """The Python encoder over log rows (what the C encoder hands back, and a rejected batch)."""
         out: list[tuple[Ref, bytes]] = []
         line_of = self.encoder.line
-        bad = self._recent_bad
+        loads = orjson.loads
         for ref in rows:
-            d = ref[1]
-            line = line_of(d["k"], d["d"], d["t"], d["f"], d["g"], d["i"])
-            if line is None or (bad and d["i"] in bad):
-                self._keep(out, ref, d["i"], line)
-            else:
-                out.append((ref, line))
+            try:
+                d = loads(ref[1])
+                rid = d["i"]
+                line = line_of(d["k"], d["d"], d["t"], d["f"], d["g"], rid)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a damaged row
+                self._unreadable(ref, exc)
+                continue
+            self._keep(out, ref, rid, line)
         return out
+
+    def _unreadable(self, ref: tuple[int, bytes], exc: Exception) -> None:
+        """A log row that is not a record (damaged on disk): quarantined, the stream goes on."""
+        key = "row:" + hashlib.blake2b(ref[1], digest_size=10).hexdigest()
+        with self._lock:
+            if key in self._recent_bad:
+                return
+            self._recent_bad[key] = None
+        self.log.quarantine(NAME, f"unreadable log record ({type(exc).__name__}: {exc}) / 日志记录无法解析",
+                            bytes(ref[1]), meta={"priority": ref[0], "mode": self.transport.mode,
+                                                 "target": self.transport.target})
+        self.log.bump(QUARANTINE_COUNTER)
+        self.quarantined += 1
 
     def _keep(self, out: list, ref: Ref, rid: str, line: bytes | None) -> None:
         if rid in self._recent_bad:
@@ -215,8 +270,27 @@ class InfluxSink:
     def write(self, records: Sequence[Record]) -> None:
         self.send(self.encode(records))
 
-    def send(self, items: Sequence[tuple[Ref, bytes]]) -> None:
-        """Post lines; on a data rejection split until the bad points are isolated."""
+    def send(self, batch: Payload | Sequence[tuple[Ref, bytes]]) -> None:
+        """Post a batch; on a data rejection split it until the bad points are isolated."""
+        if isinstance(batch, Payload):
+            if not batch.lines:
+                return
+            try:
+                self.requests += 1
+                self.transport.post(batch.body)
+                return
+            except InfluxWriteError as exc:
+                if not exc.rejected:
+                    raise
+                items = self._encode_refs(batch.rows)  # the same lines, one per record
+                if len(items) == 1:
+                    self._quarantine(items[0][0], items[0][1], exc.server_message, exc.status)
+                else:
+                    self._split(items)
+                return
+        self._send_items(batch)
+
+    def _send_items(self, items: Sequence[tuple[Ref, bytes]]) -> None:
         if not items:
             return
         try:
@@ -229,9 +303,12 @@ class InfluxSink:
                 ref, line = items[0]
                 self._quarantine(ref, line, exc.server_message, exc.status)
                 return
-            mid = len(items) // 2
-            self.send(items[:mid])
-            self.send(items[mid:])
+            self._split(items)
+
+    def _split(self, items: Sequence[tuple[Ref, bytes]]) -> None:
+        mid = len(items) // 2
+        self._send_items(items[:mid])
+        self._send_items(items[mid:])
 
     def _quarantine(self, ref: Ref, line: bytes, message: str, status: int) -> None:
         record = _record_of(ref)
@@ -467,7 +544,8 @@ class InfluxWriter:
             "last_error": self.last_error or "-",
             "last_error_at": _local(self.last_error_at),
             "detail": {"backlog_by_class": by_class, "last_success_ns": self.last_success,
-                       "last_error_ns": self.last_error_at, "requests": self.sink.requests},
+                       "last_error_ns": self.last_error_at, "requests": self.sink.requests,
+                       "encoder": self.sink.encoder_name},
         }
 
 

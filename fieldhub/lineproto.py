@@ -52,7 +52,8 @@ def nudge(record_id: str, ts: int) -> int:
 
 
 def format_field(value: object) -> str | None:
-    """One field value in line protocol, or None when it cannot be written (inf)."""
+    """One field value in line protocol, or None when it cannot be written (inf, nan, or
+    None: the log stores nan and inf as JSON null)."""
     t = type(value)
     if t is float:
         if not math.isfinite(value):  # type: ignore[arg-type]
@@ -64,6 +65,8 @@ def format_field(value: object) -> str | None:
         return "true" if value else "false"
     if t is str:
         return '"' + value.translate(_ESC_STRING) + '"'  # type: ignore[union-attr]
+    if value is None:
+        return None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

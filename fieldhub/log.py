@@ -617,7 +617,7 @@ class Cursor:
             rows = db.execute("SELECT seq, body FROM log WHERE prio=? AND seq>? ORDER BY seq LIMIT ?",
                               (int(prio), pos.get(int(prio), 0), limit - len(out))).fetchall()
             for seq, body in rows:
-                out.append(Entry(seq, _record(body, prio)))
+                out.append(Entry(seq, decode(body, prio)))
         return out
 
     def commit(self, entries: Sequence[Entry]) -> None:
@@ -648,9 +648,12 @@ def backlog(db: sqlite3.Connection, consumer: str) -> dict[str, int]:
 
 
 def _body(r: Record) -> dict:
+    """The stored form of a record (orjson of this dict). The InfluxDB sink's C encoder
+    (fieldhub/_lpenc.c) reads these keys straight from the bytes: change both together."""
     return {"k": r.kind, "d": r.device_id, "t": r.ts, "f": r.fields, "g": r.tags, "s": r.source, "i": r.id}
 
 
-def _record(body: bytes, prio: int) -> Record:
+def decode(body: bytes, prio: int) -> Record:
+    """The Record a ``log`` row holds (its ``body`` and ``prio`` columns)."""
     d = orjson.loads(body)
     return Record(d["k"], d["d"], d["t"], d["f"], d["g"], Priority(prio), d["s"], d["i"])

@@ -1,0 +1,161 @@
+"""The C line-protocol encoder (fieldhub/_lpenc.c): byte for byte what the Python encoder
+writes for the same log rows, and whatever it cannot take is handed back, not lost."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fieldhub import influx
+from fieldhub.hub import LOG_FILE
+from fieldhub.influx import QUARANTINE_COUNTER, InfluxConfig, InfluxSink, make_transport
+from fieldhub.log import DurableLog, _body
+from fieldhub.quarantine import list_items
+from fieldhub.records import Priority, Record
+
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+# keys and values that need escaping in line protocol or in JSON
+AWKWARD = st.sampled_from(["a b", "a,b", "a=b", 'q"q', "back\\", "\\", "tab\tnl\nret\r", "水位", "é", "😀",
+                           "\x01ctl", "/", "", "x"])
+KEY = st.one_of(TEXT, AWKWARD)
+FLOAT = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                  st.sampled_from([0.0, -0.0, 1e16, 1e15, 1e-5, 1e-4, 5e-324, 1.7976931348623157e308,
+                                   0.1, 100.0, 123456789012345678.0, -2.5e-7]))
+VALUE = st.one_of(FLOAT, st.integers(min_value=-2**63, max_value=2**63 - 1), st.booleans(), KEY,
+                  st.lists(st.integers(-9, 9), max_size=2), st.dictionaries(TEXT, st.integers(-9, 9), max_size=2))
+TS = st.one_of(st.integers(min_value=-2**62, max_value=2**62),
+               st.integers(min_value=0, max_value=2**52).map(lambda v: v * 1000),
+               st.integers(min_value=0, max_value=2**42).map(lambda v: v * 1_000_000))
+ID = st.one_of(st.text("0123456789abcdef", min_size=20, max_size=20), st.text("0123456789abcdefABCDEF_x ", max_size=14))
+# built directly, not through Record.make: the encoder must take whatever the log holds
+RECORD = st.builds(lambda kind, device, ts, fields, tags, rid: Record(kind, device, ts, fields, tags,
+                                                                     Priority.TELEMETRY, "test", rid),
+                   KEY, KEY, TS, st.dictionaries(KEY, VALUE, max_size=6), st.dictionaries(KEY, KEY, max_size=4), ID)
+
+
+def sink_for(tmp: Path, **kw) -> InfluxSink:
+    cfg = InfluxConfig(url="http://127.0.0.1:9", mode="v1", database="x")
+    return InfluxSink(make_transport(cfg), DurableLog(tmp / LOG_FILE), hub_id="veh 1", **kw)
+
+
+def rows_of(records: list[Record]) -> list[tuple[int, bytes]]:
+    return [(int(r.priority), orjson.dumps(_body(r))) for r in records]
+
+
+def python_lines(sink: InfluxSink, rows: list[tuple[int, bytes]]) -> list[bytes]:
+    return [line for _, line in sink._encode_refs(rows)]
+
+
+def test_the_c_encoder_is_built_and_used(tmp_path: Path) -> None:
+    # run-tests installs the package, which compiles it; a missing compiler must not pass unseen
+    assert influx._lpenc is not None
+    assert sink_for(tmp_path).encoder_name == "c"
+
+
+def handed_back(r: Record, nudge: bool) -> bool:
+    """What the C encoder leaves to Python: nested values, nothing writable, a non-hex id it
+    would need for the nudge."""
+    if any(isinstance(v, (list, dict)) for v in r.fields.values()):
+        return True
+    if not any(v is not None and not (isinstance(v, float) and not math.isfinite(v)) for v in r.fields.values()):
+        return True
+    hexdigits = set("0123456789abcdefABCDEF")
+    return nudge and r.ts % 1000 == 0 and not (r.id and set(r.id[:12]) <= hexdigits)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(RECORD, min_size=1, max_size=6, unique_by=lambda r: r.id), nudge=st.booleans())
+def test_c_lines_equal_python_lines(tmp_path: Path, records: list[Record], nudge: bool) -> None:
+    sink = sink_for(tmp_path, same_timestamp="nudge" if nudge else "overwrite")
+    rows = rows_of(records)
+    c_lines, py_lines = [], []
+    for r, row in zip(records, rows):
+        body, count, handed = influx._lpenc.encode([row], {}, sink._series_of, nudge, None)
+        assert handed == ([0] if handed_back(r, nudge) else []), r
+        python = python_lines(sink, [row])
+        if handed:
+            py_lines += python
+        else:
+            assert count == 1 and [body] == python, r
+            c_lines.append(body)
+    payload = sink.encode_rows(rows)  # the batch: C lines in order, then what Python did
+    assert payload.body == b"\n".join(c_lines + py_lines)
+    assert payload.lines == len(c_lines) + len(py_lines)
+    sink.log.close()
+
+
+def test_typical_rows_are_all_done_in_c(tmp_path: Path) -> None:
+    sink = sink_for(tmp_path)
+    records = [Record.make("water_level", f"wl {i % 3}", 1_700_000_000_000_000_000 + i * 1000,
+                           {"level_m": 1.25 + i, "seq": i, "ok": True, "note": 'say "hi"\n', "tiny": 1e-5},
+                           tags={"county": "420102", "model": ""}, source="t", key=i) for i in range(50)]
+    rows = rows_of(records)
+    body, count, handed = influx._lpenc.encode(rows, {}, sink._series_of, True, None)
+    assert handed == [] and count == 50
+    assert body == b"\n".join(python_lines(sink, rows))
+    assert b'note="say \\"hi\\"\n"' in body and b"tiny=1e-05" in body and b"seq=3i" in body
+    sink.log.close()
+
+
+def test_what_c_leaves_is_handed_back_and_encoded_by_python(tmp_path: Path) -> None:
+    sink = sink_for(tmp_path)
+    good = Record.make("m", "d1", 1_700_000_000_000_000_001, {"x": 1.5}, source="t", key=1)
+    # Record.make refuses these; a Record built directly (or an older hub's log) may hold them
+    nested = Record("m", "d1", 1_700_000_000_000_000_002, {"x": [1, 2]}, {}, Priority.TELEMETRY, "t", "02")
+    only_nan = Record("m", "d1", 1_700_000_000_000_000_003, {"x": math.nan}, {}, Priority.TELEMETRY, "t", "03")
+    odd_id = Record("m", "d1", 1_700_000_000_000_000_000, {"x": 2.5}, {}, Priority.TELEMETRY, "t", "not-hex")
+    rows = rows_of([good, nested, only_nan, odd_id])
+    rows.append((int(Priority.TELEMETRY), b'{"k": "m", "d": "d1", "t": 5, "f": {"x": 1}, "g": {}, "s": "t", "i": "ab"}'))
+    _, count, handed = influx._lpenc.encode(rows, {}, sink._series_of, True, None)
+    assert count == 1 and handed == [1, 2, 3, 4]
+    payload = sink.encode_rows(rows)
+    lines = set(payload.body.split(b"\n"))
+    assert payload.lines == 4 and len(lines) == 4
+    assert b'm,device_id=d1,hub=veh\\ 1 x="[1, 2]" 1700000000000000002' in lines
+    assert b"m,device_id=d1,hub=veh\\ 1 x=1i 5" in lines
+    # the nan-only record has nothing to write: quarantined, not written as a string "None"
+    assert [i["reason"] for i in list_items(sink.log.path.parent)][0].startswith("no field InfluxDB can store")
+    assert sink.quarantined == 1
+    sink.log.close()
+    reopened = DurableLog(tmp_path / LOG_FILE)
+    assert reopened.counters()[QUARANTINE_COUNTER] == 1
+    reopened.close()
+
+
+def test_a_damaged_log_row_is_quarantined_and_the_batch_goes_on(tmp_path: Path) -> None:
+    sink = sink_for(tmp_path)
+    good = rows_of([Record.make("m", "d1", 1_700_000_000_000_000_001, {"x": 1.5}, source="t", key=1)])
+    rows = [good[0], (4, b'{"k":"m","d":"d1","t":1,"f":{"x":1'), (4, b"\x00\xffgarbage"), good[0]]
+    payload = sink.encode_rows(rows)
+    assert payload.lines == 2
+    items = list_items(sink.log.path.parent)
+    assert len(items) == 2 and all("unreadable log record" in i["reason"] for i in items)
+    sink.encode_rows(rows)  # the same batch again (a retry): not quarantined twice
+    assert len(list_items(sink.log.path.parent)) == 2
+    sink.log.close()
+
+
+def test_ids_quarantined_earlier_are_skipped_on_a_retry(tmp_path: Path) -> None:
+    sink = sink_for(tmp_path)
+    records = [Record.make("m", "d1", 1_700_000_000_000_000_001 + i, {"x": i}, source="t", key=i) for i in range(4)]
+    sink._recent_bad[records[2].id] = None
+    payload = sink.encode_rows(rows_of(records))
+    assert payload.lines == 3 and b" x=2i " not in payload.body
+    sink.log.close()
+
+
+def test_series_part_is_cached_and_refreshed(tmp_path: Path) -> None:
+    calls = []
+    sink = sink_for(tmp_path, tags_for=lambda d: calls.append(d) or {"county": "420102"})
+    records = [Record.make("m", f"d{i % 2}", 1_700_000_000_000_000_001 + i, {"x": i}, source="t", key=i)
+               for i in range(100)]
+    body = sink.encode_rows(rows_of(records)).body
+    assert body.count(b"county=420102") == 100 and sorted(calls) == ["d0", "d1"]
+    sink._tags_at -= 61  # a minute later the registry's tags are read again
+    sink.encode_rows(rows_of(records))
+    assert sorted(calls) == ["d0", "d0", "d1", "d1"]
+    sink.log.close()
