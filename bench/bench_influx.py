@@ -11,8 +11,10 @@ as the sink does (its default ``concurrency = 2``). The sink reads the same reco
 its cursor, encodes them, posts batches of 5,000 (v1 mode for InfluxDB 1.6, influxdb-client v2
 for VictoriaMetrics) and commits the cursor after each accepted batch; the clock stops when its
 backlog is zero. Both sides write into fresh databases (or fresh measurements), without gzip
-(loopback). Raw and sink alternate within each round; the medians over ``--runs`` rounds
-and the median of the per-round ratios are reported, with the CPU each side cost per point.
+(loopback). The sides take turns within each round, in an order that rotates from round to
+round, each starting once the server is idle again (its background compaction of the previous
+side's points done). The medians over ``--runs`` rounds and the median of the per-round
+ratios are reported, with the CPU each side cost per point.
 """
 
 from __future__ import annotations
@@ -118,6 +120,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settle(server, idle: float = 0.05, longest: float = 10.0) -> None:
+    """Wait until the server has used under ``idle`` of a core over 0.2 s (its background work
+    for earlier writes is done), at most ``longest`` seconds."""
+    deadline = time.monotonic() + longest
+    while time.monotonic() < deadline:
+        c = cpu_seconds(server.proc.pid)
+        time.sleep(0.2)
+        if cpu_seconds(server.proc.pid) - c < idle * 0.2:
+            return
+
+
 def own_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -126,14 +139,16 @@ def own_cpu() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", type=int, default=100_000, help="Points per round and side.")
-    ap.add_argument("--runs", type=int, default=5, help="Rounds; raw and sink alternate within each.")
+    ap.add_argument("--runs", type=int, default=5, help="Rounds; the sides take turns within each, in an "
+                    "order that rotates from round to round.")
     ap.add_argument("--server", choices=["influxdb1", "victoria"], default="influxdb1")
     ap.add_argument("--gzip", action="store_true", help="Also measure the sink with gzip on.")
+    ap.add_argument("--concurrency", type=int, default=2, help="The sink's requests in flight (its default: 2).")
     args = ap.parse_args()
     mode = "v1" if args.server == "influxdb1" else "v2"
     results: dict[str, list[float]] = {"raw": [], "raw_enc": [], "raw2": [], "sink": [], "sink_gzip": [],
                                        "ratio": [], "ratio_enc": [], "ratio2": []}
-    cpu: dict[str, list[float]] = {"raw_server": [], "sink_server": [], "sink_client": []}
+    cpu: dict[str, list[float]] = {"sink_client": []}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         server = (InfluxDB1 if mode == "v1" else VictoriaMetrics)(work / "server").start()
@@ -142,27 +157,38 @@ def main() -> None:
                 # each side gets its own database and measurement: neither overwrites the other
                 enc = Encoder("bench")
                 lines = [enc.encode(r) for r in make_records(args.records, f"bench_raw_{run}")]
-                c0 = cpu_seconds(server.proc.pid)
-                raw = raw_posts(server, lines, mode, f"raw{run}")
-                cpu["raw_server"].append((cpu_seconds(server.proc.pid) - c0) / args.records * 1e6)
-                raw_enc = raw_posts(server, make_records(args.records, f"bench_enc_{run}"), mode, f"enc{run}")
-                raw2 = raw_posts(server, [enc.encode(r) for r in make_records(args.records, f"bench_raw2_{run}")],
-                                 mode, f"rawtwo{run}", inflight=2)
+                lines2 = [enc.encode(r) for r in make_records(args.records, f"bench_raw2_{run}")]
+                enc_records = make_records(args.records, f"bench_enc_{run}")
                 records = make_records(args.records, f"bench_sink_{run}")
-                c0 = cpu_seconds(server.proc.pid)
-                sink, client_cpu = sink_run(server, records, mode, f"sink{run}", work)
-                cpu["sink_server"].append((cpu_seconds(server.proc.pid) - c0) / args.records * 1e6)
-                cpu["sink_client"].append(client_cpu / args.records * 1e6)
-                results["raw"].append(raw)
-                results["sink"].append(sink)
-                results["ratio"].append(sink / raw)
-                results["raw_enc"].append(raw_enc)
-                results["ratio_enc"].append(sink / raw_enc)
-                results["raw2"].append(raw2)
-                results["ratio2"].append(sink / raw2)
+                phases = [
+                    ("raw", lambda: (raw_posts(server, lines, mode, f"raw{run}"), 0.0)),
+                    ("raw_enc", lambda: (raw_posts(server, enc_records, mode, f"enc{run}"), 0.0)),
+                    ("raw2", lambda: (raw_posts(server, lines2, mode, f"rawtwo{run}", inflight=2), 0.0)),
+                    ("sink", lambda: sink_run(server, records, mode, f"sink{run}", work,
+                                              concurrency=args.concurrency)),
+                ]
                 if args.gzip:
-                    results["sink_gzip"].append(sink_run(server, make_records(args.records, f"bench_gz_{run}"),
-                                                         mode, f"gz{run}", work, gzip=True)[0])
+                    gz_records = make_records(args.records, f"bench_gz_{run}")
+                    phases.append(("sink_gzip", lambda: sink_run(server, gz_records, mode, f"gz{run}", work,
+                                                                 gzip=True)))
+                # the order rotates from round to round, and each side starts once the server has
+                # finished the background work (compaction, merges) of the one before it
+                k = run % len(phases)
+                got: dict[str, float] = {}
+                for name, phase in phases[k:] + phases[:k]:
+                    settle(server)
+                    c0 = cpu_seconds(server.proc.pid)
+                    got[name], client_cpu = phase()
+                    server_cpu = (cpu_seconds(server.proc.pid) - c0) / args.records * 1e6
+                    cpu.setdefault(f"{name}_server", []).append(server_cpu)
+                    if name == "sink":
+                        cpu["sink_client"].append(client_cpu / args.records * 1e6)
+                for name, value in got.items():
+                    results[name].append(value)
+                raw, raw_enc, raw2, sink = got["raw"], got["raw_enc"], got["raw2"], got["sink"]
+                results["ratio"].append(sink / raw)
+                results["ratio_enc"].append(sink / raw_enc)
+                results["ratio2"].append(sink / raw2)
                 print(f"round {run + 1}: raw {raw:,.0f}, raw+encode {raw_enc:,.0f}, raw 2 in flight {raw2:,.0f}, "
                       f"sink {sink:,.0f} points/s ({sink / raw:.0%} / {sink / raw_enc:.0%} / {sink / raw2:.0%})",
                       flush=True)
@@ -179,9 +205,10 @@ def main() -> None:
     print(f"sink / raw (ready-made lines), median of per-round ratios: {med['ratio']:.0%}")
     print(f"sink / raw (encoding in the loop), median of per-round ratios: {med['ratio_enc']:.0%}")
     print(f"sink / raw (ready-made, two in flight), median of per-round ratios: {med['ratio2']:.0%}")
-    print(f"CPU per point: server {statistics.median(cpu['raw_server']):.1f} us (raw), "
-          f"{statistics.median(cpu['sink_server']):.1f} us (sink); sink process "
-          f"{statistics.median(cpu['sink_client']):.1f} us (raw client: lines ready-made)")
+    server_cpu = ", ".join(f"{statistics.median(v):.1f} us ({k.removesuffix('_server')})"
+                           for k, v in cpu.items() if k.endswith("_server"))
+    print(f"CPU per point, medians: server {server_cpu}; the sink's own process "
+          f"{statistics.median(cpu['sink_client']):.1f} us")
     if args.gzip:
         print(f"fieldhub influx sink with gzip level 6: {med['sink_gzip']:,.0f} points/s "
               f"= {med['sink_gzip'] / med['raw']:.0%} of raw")

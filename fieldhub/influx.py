@@ -122,7 +122,7 @@ def make_transport(cfg: InfluxConfig) -> Transport:
                        timeout=cfg.timeout, pool_size=pool, tls_ca=cfg.tls_ca, tls_verify=cfg.tls_verify)
 
 
-#: a record as the sink holds it: a Record, or a (priority, log body) row straight from the log
+#: a record as the sink holds it: a Record, or a (priority, log body) pair straight from the log
 Ref = Any
 
 try:  # the C encoder (fieldhub/_lpenc.c), built by pip install; without it Python does it all
@@ -134,39 +134,62 @@ except ImportError:  # pragma: no cover - a source tree nobody built
 def _record_of(ref: Ref) -> Record:
     if isinstance(ref, Record):
         return ref
-    prio, body = ref
-    return decode(body, prio)
+    return decode(ref[1], ref[0])
 
 
-def read_rows(log: DurableLog, after: dict[int, int],
-              limit: int) -> tuple[list[tuple[int, bytes]], dict[int, int]]:
+@dataclass
+class Chunk:
+    """Records of one priority class read from the log for the sink: their stored bodies
+    (JSON, which never holds a raw newline) joined by newlines, oldest first."""
+
+    prio: int
+    bodies: bytes
+    count: int
+
+    def refs(self) -> list[tuple[int, bytes]]:
+        """The records as ``(priority, body)`` pairs."""
+        return [(self.prio, body) for body in self.bodies.split(b"\n")]
+
+
+def read_rows(log: DurableLog, after: dict[int, int], limit: int) -> tuple[list[Chunk], dict[int, int]]:
     """Like ``Cursor.read`` (most urgent class first, oldest first, past ``after``) but returns
-    the ``(priority, body)`` rows as stored, without building Records — the sink's hot path,
-    where decoding them cost most of the time — and the last seq read per class. Reads the
-    log's own table (``fieldhub.log``)."""
+    the stored bodies as they are, one ``Chunk`` per class, and the last seq read per class —
+    the sink's hot path: SQLite joins the bodies, so no Python object is made per record.
+    Reads the log's own table (``fieldhub.log``)."""
     db = log._reader()
-    out: list[tuple[int, bytes]] = []
+    out: list[Chunk] = []
     top: dict[int, int] = {}
+    total = 0
     for prio in Priority:
-        if len(out) >= limit:
+        if total >= limit:
             break
         p = int(prio)
-        rows = db.execute("SELECT seq, body FROM log WHERE prio=? AND seq>? ORDER BY seq LIMIT ?",
-                          (p, after.get(p, 0), limit - len(out))).fetchall()
-        if rows:
-            out += [(p, body) for _, body in rows]
-            top[p] = rows[-1][0]
+        args = (p, after.get(p, 0), limit - total)
+        # one statement, so the count, the last seq and the bodies are one snapshot
+        n, last, bodies = db.execute(
+            "SELECT count(*), max(seq), CAST(group_concat(body, x'0a') AS BLOB) FROM "
+            "(SELECT seq, body FROM log WHERE prio=? AND seq>? ORDER BY seq LIMIT ?)", args).fetchone()
+        if not n:
+            continue
+        if bodies.count(b"\n") != n - 1:  # a damaged body with a newline in it: one by one
+            rows = db.execute("SELECT body FROM log WHERE prio=? AND seq>? AND seq<=? ORDER BY seq",
+                              (p, args[1], last)).fetchall()
+            out += [Chunk(p, body, 1) for (body,) in rows]
+        else:
+            out.append(Chunk(p, bodies, n))
+        top[p] = last
+        total += n
     return out, top
 
 
 @dataclass
 class Payload:
-    """One batch ready to post: its lines joined, and the rows they came from (a batch the
+    """One batch ready to post: its lines joined, and the chunks they came from (a batch the
     server rejects is encoded again line by line to find the bad points)."""
 
     body: bytes
     lines: int
-    rows: Sequence[Ref]
+    chunks: Sequence[Chunk]
 
 
 class InfluxSink:
@@ -211,24 +234,30 @@ class InfluxSink:
             self._keep(out, r, r.id, line)
         return out
 
-    def encode_rows(self, rows: list[tuple[int, bytes]]) -> Payload:
-        """One batch from ``read_rows`` rows (the hot path): the C encoder writes the lines
-        straight from the log bodies and hands back what it leaves to Python (records to
-        quarantine or skip, shapes it does not take)."""
+    def encode_rows(self, chunks: Sequence[Chunk]) -> Payload:
+        """One batch from ``read_rows`` (the hot path): the C encoder writes the lines straight
+        from the log bodies and hands back what it leaves to Python (records to quarantine or
+        skip, shapes it does not take)."""
         self._refresh_tags()
         if _lpenc is None:
-            items = self._encode_refs(rows)
-            return Payload(b"\n".join([line for _, line in items]), len(items), rows)
-        body, count, handed = _lpenc.encode(rows, self._series, self._series_of, self.encoder.nudge,
-                                            self._recent_bad or None)
-        if handed:
-            extra = [line for _, line in self._encode_refs([rows[i] for i in handed])]
-            if extra:
-                body = b"\n".join([body, *extra] if body else extra)
+            items = self._encode_refs([ref for chunk in chunks for ref in chunk.refs()])
+            return Payload(b"\n".join([line for _, line in items]), len(items), chunks)
+        parts: list[bytes] = []
+        count = 0
+        for chunk in chunks:
+            body, n, handed = _lpenc.encode(chunk.bodies, self._series, self._series_of,
+                                            self.encoder.nudge, self._recent_bad or None)
+            if n:
+                parts.append(body)
+                count += n
+            if handed:
+                refs = chunk.refs()
+                extra = [line for _, line in self._encode_refs([refs[i] for i in handed])]
+                parts += extra
                 count += len(extra)
-        return Payload(body, count, rows)
+        return Payload(parts[0] if len(parts) == 1 else b"\n".join(parts), count, chunks)
 
-    def _encode_refs(self, rows: Sequence[tuple[int, bytes]]) -> list[tuple[Ref, bytes]]:
+    def _encode_refs(self, rows: Sequence[tuple]) -> list[tuple[Ref, bytes]]:
         """The Python encoder over log rows (what the C encoder hands back, and a rejected batch)."""
         out: list[tuple[Ref, bytes]] = []
         line_of = self.encoder.line
@@ -244,7 +273,7 @@ class InfluxSink:
             self._keep(out, ref, rid, line)
         return out
 
-    def _unreadable(self, ref: tuple[int, bytes], exc: Exception) -> None:
+    def _unreadable(self, ref: tuple, exc: Exception) -> None:
         """A log row that is not a record (damaged on disk): quarantined, the stream goes on."""
         key = "row:" + hashlib.blake2b(ref[1], digest_size=10).hexdigest()
         with self._lock:
@@ -282,7 +311,8 @@ class InfluxSink:
             except InfluxWriteError as exc:
                 if not exc.rejected:
                     raise
-                items = self._encode_refs(batch.rows)  # the same lines, one per record
+                # the same lines, one per record
+                items = self._encode_refs([ref for chunk in batch.chunks for ref in chunk.refs()])
                 if len(items) == 1:
                     self._quarantine(items[0][0], items[0][1], exc.server_message, exc.status)
                 else:
@@ -446,7 +476,8 @@ class InfluxWriter:
                     self._probe_if_idle()
                     self.log.wait_for_data(seen, 0.5)
                 continue
-            if len(rows) < self.cfg.batch_size and rows[0][0] > int(Priority.COMMAND):
+            count = sum(chunk.count for chunk in rows)
+            if count < self.cfg.batch_size and rows[0].prio > int(Priority.COMMAND):
                 now = time.monotonic()
                 if pending_since is None:
                     pending_since = now
@@ -462,7 +493,7 @@ class InfluxWriter:
                 self._stop.wait(backoff.next())
                 continue
             after.update(top)
-            inflight.append(_Batch(top, len(rows), self._pool.submit(self.sink.send, items)))
+            inflight.append(_Batch(top, count, self._pool.submit(self.sink.send, items)))
 
     def _probe_if_idle(self) -> None:
         """With nothing to write, ping the server now and then so status shows an outage early."""

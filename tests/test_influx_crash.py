@@ -101,6 +101,7 @@ retry_max = "1s"
             time.sleep(0.3)
         influx = status["components"]["influx"]
         assert influx["backlog"] == 0 and influx["state"] == "ok" and influx["last_success"] != "-"
+        assert influx["detail"]["encoder"] == "c"  # the real hub writes through the C encoder
         # what the new process wrote covers everything past the cursor at the kill
         assert influx["written"] == N + 1 - committed
         hub.send_signal(signal.SIGTERM)

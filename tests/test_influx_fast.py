@@ -4,6 +4,7 @@ writes for the same log rows, and whatever it cannot take is handed back, not lo
 from __future__ import annotations
 
 import math
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from fieldhub import influx
 from fieldhub.hub import LOG_FILE
-from fieldhub.influx import QUARANTINE_COUNTER, InfluxConfig, InfluxSink, make_transport
+from fieldhub.influx import QUARANTINE_COUNTER, Chunk, InfluxConfig, InfluxSink, make_transport
 from fieldhub.log import DurableLog, _body
 from fieldhub.quarantine import list_items
 from fieldhub.records import Priority, Record
@@ -46,6 +47,15 @@ def rows_of(records: list[Record]) -> list[tuple[int, bytes]]:
     return [(int(r.priority), orjson.dumps(_body(r))) for r in records]
 
 
+def chunk(rows: list[tuple[int, bytes]]) -> list[Chunk]:
+    """What ``read_rows`` gives the sink for these rows (one class)."""
+    return [Chunk(rows[0][0], b"\n".join(body for _, body in rows), len(rows))]
+
+
+def c_encode(rows: list[tuple[int, bytes]], sink: InfluxSink, nudge: bool = True, skip=None):
+    return influx._lpenc.encode(b"\n".join(body for _, body in rows), {}, sink._series_of, nudge, skip)
+
+
 def python_lines(sink: InfluxSink, rows: list[tuple[int, bytes]]) -> list[bytes]:
     return [line for _, line in sink._encode_refs(rows)]
 
@@ -74,7 +84,7 @@ def test_c_lines_equal_python_lines(tmp_path: Path, records: list[Record], nudge
     rows = rows_of(records)
     c_lines, py_lines = [], []
     for r, row in zip(records, rows):
-        body, count, handed = influx._lpenc.encode([row], {}, sink._series_of, nudge, None)
+        body, count, handed = c_encode([row], sink, nudge)
         assert handed == ([0] if handed_back(r, nudge) else []), r
         python = python_lines(sink, [row])
         if handed:
@@ -82,7 +92,7 @@ def test_c_lines_equal_python_lines(tmp_path: Path, records: list[Record], nudge
         else:
             assert count == 1 and [body] == python, r
             c_lines.append(body)
-    payload = sink.encode_rows(rows)  # the batch: C lines in order, then what Python did
+    payload = sink.encode_rows(chunk(rows))  # the batch: C lines in order, then what Python did
     assert payload.body == b"\n".join(c_lines + py_lines)
     assert payload.lines == len(c_lines) + len(py_lines)
     sink.log.close()
@@ -94,7 +104,7 @@ def test_typical_rows_are_all_done_in_c(tmp_path: Path) -> None:
                            {"level_m": 1.25 + i, "seq": i, "ok": True, "note": 'say "hi"\n', "tiny": 1e-5},
                            tags={"county": "420102", "model": ""}, source="t", key=i) for i in range(50)]
     rows = rows_of(records)
-    body, count, handed = influx._lpenc.encode(rows, {}, sink._series_of, True, None)
+    body, count, handed = c_encode(rows, sink)
     assert handed == [] and count == 50
     assert body == b"\n".join(python_lines(sink, rows))
     assert b'note="say \\"hi\\"\n"' in body and b"tiny=1e-05" in body and b"seq=3i" in body
@@ -110,9 +120,9 @@ def test_what_c_leaves_is_handed_back_and_encoded_by_python(tmp_path: Path) -> N
     odd_id = Record("m", "d1", 1_700_000_000_000_000_000, {"x": 2.5}, {}, Priority.TELEMETRY, "t", "not-hex")
     rows = rows_of([good, nested, only_nan, odd_id])
     rows.append((int(Priority.TELEMETRY), b'{"k": "m", "d": "d1", "t": 5, "f": {"x": 1}, "g": {}, "s": "t", "i": "ab"}'))
-    _, count, handed = influx._lpenc.encode(rows, {}, sink._series_of, True, None)
+    _, count, handed = c_encode(rows, sink)
     assert count == 1 and handed == [1, 2, 3, 4]
-    payload = sink.encode_rows(rows)
+    payload = sink.encode_rows(chunk(rows))
     lines = set(payload.body.split(b"\n"))
     assert payload.lines == 4 and len(lines) == 4
     assert b'm,device_id=d1,hub=veh\\ 1 x="[1, 2]" 1700000000000000002' in lines
@@ -130,11 +140,11 @@ def test_a_damaged_log_row_is_quarantined_and_the_batch_goes_on(tmp_path: Path) 
     sink = sink_for(tmp_path)
     good = rows_of([Record.make("m", "d1", 1_700_000_000_000_000_001, {"x": 1.5}, source="t", key=1)])
     rows = [good[0], (4, b'{"k":"m","d":"d1","t":1,"f":{"x":1'), (4, b"\x00\xffgarbage"), good[0]]
-    payload = sink.encode_rows(rows)
+    payload = sink.encode_rows(chunk(rows))
     assert payload.lines == 2
     items = list_items(sink.log.path.parent)
     assert len(items) == 2 and all("unreadable log record" in i["reason"] for i in items)
-    sink.encode_rows(rows)  # the same batch again (a retry): not quarantined twice
+    sink.encode_rows(chunk(rows))  # the same batch again (a retry): not quarantined twice
     assert len(list_items(sink.log.path.parent)) == 2
     sink.log.close()
 
@@ -143,7 +153,7 @@ def test_ids_quarantined_earlier_are_skipped_on_a_retry(tmp_path: Path) -> None:
     sink = sink_for(tmp_path)
     records = [Record.make("m", "d1", 1_700_000_000_000_000_001 + i, {"x": i}, source="t", key=i) for i in range(4)]
     sink._recent_bad[records[2].id] = None
-    payload = sink.encode_rows(rows_of(records))
+    payload = sink.encode_rows(chunk(rows_of(records)))
     assert payload.lines == 3 and b" x=2i " not in payload.body
     sink.log.close()
 
@@ -153,9 +163,31 @@ def test_series_part_is_cached_and_refreshed(tmp_path: Path) -> None:
     sink = sink_for(tmp_path, tags_for=lambda d: calls.append(d) or {"county": "420102"})
     records = [Record.make("m", f"d{i % 2}", 1_700_000_000_000_000_001 + i, {"x": i}, source="t", key=i)
                for i in range(100)]
-    body = sink.encode_rows(rows_of(records)).body
+    body = sink.encode_rows(chunk(rows_of(records))).body
     assert body.count(b"county=420102") == 100 and sorted(calls) == ["d0", "d1"]
     sink._tags_at -= 61  # a minute later the registry's tags are read again
-    sink.encode_rows(rows_of(records))
+    sink.encode_rows(chunk(rows_of(records)))
     assert sorted(calls) == ["d0", "d0", "d1", "d1"]
+    sink.log.close()
+
+
+def test_read_rows_joins_bodies_and_survives_a_damaged_one(tmp_path: Path) -> None:
+    sink = sink_for(tmp_path)
+    records = [Record.make("m", "d1", 1_700_000_000_000_000_001 + i, {"x": i}, source="t", key=i,
+                           priority=Priority.TELEMETRY) for i in range(4)]
+    records.append(Record.make("hub_alarm", "d1", 1_700_000_000_000_000_009, {"x": 9}, source="t", key=9,
+                               priority=Priority.ALARM))
+    sink.log.append(records)
+    chunks, top = influx.read_rows(sink.log, {}, 100)
+    assert [(c.prio, c.count) for c in chunks] == [(int(Priority.ALARM), 1), (int(Priority.TELEMETRY), 4)]
+    assert top == {int(Priority.ALARM): 5, int(Priority.TELEMETRY): 4}
+    assert influx.read_rows(sink.log, {int(Priority.TELEMETRY): 2}, 2)[0][1].count == 1  # limit and cursor
+    # a body a bad sector mangled, with a raw newline in it: read one by one, quarantined alone
+    with sqlite3.connect(sink.log.path) as db:
+        db.execute("UPDATE log SET body=? WHERE seq=2", (b'{"k":"m",\n"d":',))
+    chunks, top = influx.read_rows(sink.log, {}, 100)
+    assert [c.count for c in chunks] == [1, 1, 1, 1, 1] and top[int(Priority.TELEMETRY)] == 4
+    payload = sink.encode_rows(chunks)
+    assert payload.lines == 4 and b"x=1i" not in payload.body
+    assert "unreadable log record" in list_items(sink.log.path.parent)[0]["reason"]
     sink.log.close()
