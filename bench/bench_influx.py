@@ -54,9 +54,11 @@ def make_records(n: int, measurement: str) -> list[Record]:
                         tags=TAGS, source="bench", key=i) for i in range(n)]
 
 
-def raw_posts(server, lines: list[bytes] | list[Record], mode: str, db: str, inflight: int = 1) -> float:
+def raw_posts(server, lines: list[bytes] | list[Record], mode: str, db: str,
+              inflight: int = 1) -> tuple[float, float, float]:
     """Posts in batches of 5,000 from one thread (or ``inflight`` threads, lines ready-made);
-    Records are encoded inside the timed loop."""
+    Records are encoded inside the timed loop. Points/s, and the client's and the server's CPU
+    seconds while the clock ran."""
     http = urllib3.PoolManager(retries=False, timeout=60, maxsize=inflight)
     if mode == "v1":
         server.query(f'CREATE DATABASE "{db}"')
@@ -72,24 +74,23 @@ def raw_posts(server, lines: list[bytes] | list[Record], mode: str, db: str, inf
         if resp.status not in (200, 204):
             raise RuntimeError(f"raw post failed: {resp.status} {resp.data[:200]!r}")
 
+    c, s = own_cpu(), cpu_seconds(server.proc.pid)
+    t = time.perf_counter()
     if inflight > 1:
         with ThreadPoolExecutor(inflight) as pool:
-            t = time.perf_counter()
             list(pool.map(post, bodies))
-            elapsed = time.perf_counter() - t
-        http.clear()
-        return len(lines) / elapsed
-    t = time.perf_counter()
-    for i in range(0, len(lines), BATCH):
-        post(b"\n".join([enc.encode(r) for r in lines[i:i + BATCH]]) if encode else bodies[i // BATCH])
+    else:
+        for i in range(0, len(lines), BATCH):
+            post(b"\n".join([enc.encode(r) for r in lines[i:i + BATCH]]) if encode else bodies[i // BATCH])
     elapsed = time.perf_counter() - t
+    c, s = own_cpu() - c, cpu_seconds(server.proc.pid) - s
     http.clear()
-    return len(lines) / elapsed
+    return len(lines) / elapsed, c, s
 
 
 def sink_run(server, records: list[Record], mode: str, db: str, workdir: Path, *, gzip: bool = False,
-             concurrency: int = 2) -> tuple[float, float]:
-    """Points/s through the sink, and the sink's own CPU seconds while the clock ran."""
+             concurrency: int = 2) -> tuple[float, float, float]:
+    """Points/s through the sink, and its own and the server's CPU seconds while the clock ran."""
     log = DurableLog(workdir / f"log-{db}.db")
     log.append(records)
     if mode == "v1":
@@ -100,7 +101,8 @@ def sink_run(server, records: list[Record], mode: str, db: str, workdir: Path, *
         cfg = InfluxConfig(url=server.url, mode="v2", token="t", org="o", bucket=db, batch_size=BATCH,
                            gzip=gzip, concurrency=concurrency, timeout=60)
     writer = InfluxWriter(log, InfluxSink(make_transport(cfg), log, hub_id="bench"), cfg)
-    c = own_cpu()
+    settle(server)  # the server is idle again after the log was filled
+    c, s = own_cpu(), cpu_seconds(server.proc.pid)
     t = time.perf_counter()
     writer.start()
     while writer.written < len(records):
@@ -108,10 +110,10 @@ def sink_run(server, records: list[Record], mode: str, db: str, workdir: Path, *
         if writer.errors:
             raise RuntimeError(f"sink errors: {writer.status()}")
     elapsed = time.perf_counter() - t
-    c = own_cpu() - c
+    c, s = own_cpu() - c, cpu_seconds(server.proc.pid) - s
     writer.stop()
     log.close()
-    return len(records) / elapsed, c
+    return len(records) / elapsed, c, s
 
 
 def cpu_seconds(pid: int) -> float:
@@ -148,7 +150,7 @@ def main() -> None:
     mode = "v1" if args.server == "influxdb1" else "v2"
     results: dict[str, list[float]] = {"raw": [], "raw_enc": [], "raw2": [], "sink": [], "sink_gzip": [],
                                        "ratio": [], "ratio_enc": [], "ratio2": []}
-    cpu: dict[str, list[float]] = {"sink_client": []}
+    cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         server = (InfluxDB1 if mode == "v1" else VictoriaMetrics)(work / "server").start()
@@ -161,9 +163,9 @@ def main() -> None:
                 enc_records = make_records(args.records, f"bench_enc_{run}")
                 records = make_records(args.records, f"bench_sink_{run}")
                 phases = [
-                    ("raw", lambda: (raw_posts(server, lines, mode, f"raw{run}"), 0.0)),
-                    ("raw_enc", lambda: (raw_posts(server, enc_records, mode, f"enc{run}"), 0.0)),
-                    ("raw2", lambda: (raw_posts(server, lines2, mode, f"rawtwo{run}", inflight=2), 0.0)),
+                    ("raw", lambda: raw_posts(server, lines, mode, f"raw{run}")),
+                    ("raw_enc", lambda: raw_posts(server, enc_records, mode, f"enc{run}")),
+                    ("raw2", lambda: raw_posts(server, lines2, mode, f"rawtwo{run}", inflight=2)),
                     ("sink", lambda: sink_run(server, records, mode, f"sink{run}", work,
                                               concurrency=args.concurrency)),
                 ]
@@ -177,12 +179,9 @@ def main() -> None:
                 got: dict[str, float] = {}
                 for name, phase in phases[k:] + phases[:k]:
                     settle(server)
-                    c0 = cpu_seconds(server.proc.pid)
-                    got[name], client_cpu = phase()
-                    server_cpu = (cpu_seconds(server.proc.pid) - c0) / args.records * 1e6
-                    cpu.setdefault(f"{name}_server", []).append(server_cpu)
-                    if name == "sink":
-                        cpu["sink_client"].append(client_cpu / args.records * 1e6)
+                    got[name], client_cpu, server_cpu = phase()
+                    cpu.setdefault(f"{name}_server", []).append(server_cpu / args.records * 1e6)
+                    cpu.setdefault(f"{name}_client", []).append(client_cpu / args.records * 1e6)
                 for name, value in got.items():
                     results[name].append(value)
                 raw, raw_enc, raw2, sink = got["raw"], got["raw_enc"], got["raw2"], got["sink"]
@@ -205,10 +204,11 @@ def main() -> None:
     print(f"sink / raw (ready-made lines), median of per-round ratios: {med['ratio']:.0%}")
     print(f"sink / raw (encoding in the loop), median of per-round ratios: {med['ratio_enc']:.0%}")
     print(f"sink / raw (ready-made, two in flight), median of per-round ratios: {med['ratio2']:.0%}")
-    server_cpu = ", ".join(f"{statistics.median(v):.1f} us ({k.removesuffix('_server')})"
-                           for k, v in cpu.items() if k.endswith("_server"))
-    print(f"CPU per point, medians: server {server_cpu}; the sink's own process "
-          f"{statistics.median(cpu['sink_client']):.1f} us")
+    print("CPU per point while the clock ran, medians (server / client process):")
+    for name in ("raw", "raw_enc", "raw2", "sink", "sink_gzip"):
+        if cpu.get(f"{name}_server"):
+            print(f"  {name}: {statistics.median(cpu[name + '_server']):.1f} us / "
+                  f"{statistics.median(cpu[name + '_client']):.1f} us")
     if args.gzip:
         print(f"fieldhub influx sink with gzip level 6: {med['sink_gzip']:,.0f} points/s "
               f"= {med['sink_gzip'] / med['raw']:.0%} of raw")

@@ -363,7 +363,8 @@ class InfluxSink:
 class _Batch:
     top: dict[int, int]
     count: int
-    future: Future
+    payload: Payload
+    future: Future | None = None
 
 
 def _local(ts_ns: int | None) -> str:
@@ -432,6 +433,8 @@ class InfluxWriter:
         inflight: collections.deque[_Batch] = collections.deque()
         after = self.log.positions(NAME)
         pending_since: float | None = None
+        # the next batch, read and encoded while the slots are full, so a slot never waits for it
+        ready: _Batch | None = None
         while True:
             # settle finished batches, oldest first; the cursor moves over accepted ones only
             while inflight and inflight[0].future.done():
@@ -444,6 +447,7 @@ class InfluxWriter:
                 for other in inflight:  # let later batches finish; they are sent again (idempotent)
                     other.future.exception()
                 inflight.clear()
+                ready = None  # read again from the cursor, like everything after the failure
                 self._committer.submit(lambda: None).result()  # earlier commits are durable
                 after = self.log.positions(NAME)
                 self._failed(exc)
@@ -458,8 +462,13 @@ class InfluxWriter:
                         break
                     self._accepted(batch)
                 return
-            if len(inflight) >= self.cfg.concurrency:
-                self._wait_first(inflight)
+            if ready is not None:
+                if len(inflight) >= self.cfg.concurrency:
+                    self._wait_first(inflight)
+                    continue
+                ready.future = self._pool.submit(self.sink.send, ready.payload)
+                inflight.append(ready)
+                ready = None
                 continue
             seen = self.log.last_seq
             try:
@@ -483,7 +492,10 @@ class InfluxWriter:
                     pending_since = now
                 if now - pending_since < self.cfg.batch_time:
                     # let a partial batch fill for up to batch_time (alarms and commands go at once)
-                    self._stop.wait(self.cfg.batch_time - (now - pending_since))
+                    if inflight:
+                        self._wait_first(inflight)
+                    else:
+                        self._stop.wait(self.cfg.batch_time - (now - pending_since))
                     continue
             pending_since = None
             try:
@@ -493,7 +505,7 @@ class InfluxWriter:
                 self._stop.wait(backoff.next())
                 continue
             after.update(top)
-            inflight.append(_Batch(top, count, self._pool.submit(self.sink.send, items)))
+            ready = _Batch(top, count, items)
 
     def _probe_if_idle(self) -> None:
         """With nothing to write, ping the server now and then so status shows an outage early."""
