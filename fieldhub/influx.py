@@ -148,6 +148,8 @@ class Chunk:
 
     def refs(self) -> list[tuple[int, bytes]]:
         """The records as ``(priority, body)`` pairs."""
+        if self.count == 1:  # one body, which may be a damaged one with a newline in it
+            return [(self.prio, self.bodies)]
         return [(self.prio, body) for body in self.bodies.split(b"\n")]
 
 
@@ -174,12 +176,19 @@ def read_rows(log: DurableLog, after: dict[int, int], limit: int) -> tuple[list[
         if bodies.count(b"\n") != n - 1:  # a damaged body with a newline in it: one by one
             rows = db.execute("SELECT body FROM log WHERE prio=? AND seq>? AND seq<=? ORDER BY seq",
                               (p, args[1], last)).fetchall()
-            out += [Chunk(p, body, 1) for (body,) in rows]
+            out += [Chunk(p, _as_bytes(body), 1) for (body,) in rows]
         else:
             out.append(Chunk(p, bodies, n))
         top[p] = last
         total += n
     return out, top
+
+
+def _as_bytes(body: object) -> bytes:
+    """A damaged row's body as bytes (the encoders quarantine what they cannot read)."""
+    if isinstance(body, bytes):
+        return body
+    return body.encode("utf-8", "replace") if isinstance(body, str) else b""
 
 
 @dataclass
@@ -247,6 +256,8 @@ class InfluxSink:
         for chunk in chunks:
             body, n, handed = _lpenc.encode(chunk.bodies, self._series, self._series_of,
                                             self.encoder.nudge, self._recent_bad or None)
+            if n + len(handed) != chunk.count:  # a damaged body holding a newline: Python's
+                n, handed = 0, range(chunk.count)
             if n:
                 parts.append(body)
                 count += n

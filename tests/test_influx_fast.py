@@ -185,9 +185,11 @@ def test_read_rows_joins_bodies_and_survives_a_damaged_one(tmp_path: Path) -> No
     # a body a bad sector mangled, with a raw newline in it: read one by one, quarantined alone
     with sqlite3.connect(sink.log.path) as db:
         db.execute("UPDATE log SET body=? WHERE seq=2", (b'{"k":"m",\n"d":',))
+        db.execute("UPDATE log SET body=? WHERE seq=3", ("text\n, not a blob",))
     chunks, top = influx.read_rows(sink.log, {}, 100)
     assert [c.count for c in chunks] == [1, 1, 1, 1, 1] and top[int(Priority.TELEMETRY)] == 4
     payload = sink.encode_rows(chunks)
-    assert payload.lines == 4 and b"x=1i" not in payload.body
-    assert "unreadable log record" in list_items(sink.log.path.parent)[0]["reason"]
+    assert payload.lines == 3 and b"x=1i" not in payload.body and b"x=2i" not in payload.body
+    items = list_items(sink.log.path.parent)
+    assert len(items) == 2 and all("unreadable log record" in i["reason"] for i in items)
     sink.log.close()
