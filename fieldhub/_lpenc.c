@@ -522,11 +522,11 @@ static PyObject *series_of(const head_t *h, PyObject *cache, PyObject *series_fn
         return NULL;
     }
     val = PyObject_CallFunction(series_fn, "y#y#y#", h->k, h->kn, h->d, h->dn, h->g, h->gn);
-    if (val != NULL && !PyBytes_Check(val)) {
-        PyErr_SetString(PyExc_TypeError, "series callback must return bytes");
+    if (val != NULL && val != Py_None && !PyBytes_Check(val)) {
+        PyErr_SetString(PyExc_TypeError, "series callback must return bytes or None");
         Py_CLEAR(val);
     }
-    if (val != NULL && PyDict_SetItem(cache, key, val) < 0)
+    if (val != NULL && val != Py_None && PyDict_SetItem(cache, key, val) < 0)
         Py_CLEAR(val);
     Py_DECREF(key);
     return val;
@@ -535,7 +535,8 @@ static PyObject *series_of(const head_t *h, PyObject *cache, PyObject *series_fn
 PyDoc_STRVAR(encode_doc,
 "encode(bodies, cache, series, nudge, skip) -> (body, lines, handed_back)\n\n"
 "bodies: log bodies joined by newlines (bytes). cache: a dict the series keys are kept in.\n"
-"series(kind_json, device_json, tags_json) -> bytes: the escaped 'measurement,tags' part.\n"
+"series(kind_json, device_json, tags_json) -> bytes: the escaped 'measurement,tags' part,\n"
+"or None to hand the record back.\n"
 "nudge: apply fieldhub.lineproto.nudge. skip: None or a container of ids (str) to hand\n"
 "back instead of encoding.\n"
 "Returns the lines joined by newlines, how many there are, and the indexes of the bodies\n"
@@ -642,6 +643,15 @@ static PyObject *encode(PyObject *self, PyObject *args) {
         r->series = series_of(&r->h, cache, series_fn);
         if (r->series == NULL)
             goto error;
+        if (r->series == Py_None) {  /* the callback could not read it: the caller's */
+            PyObject *n = PyLong_FromSsize_t(i);
+            Py_CLEAR(r->series);
+            if (n == NULL || PyList_Append(handed, n) < 0) {
+                Py_XDECREF(n);
+                goto error;
+            }
+            Py_DECREF(n);
+        }
     }
     Py_BEGIN_ALLOW_THREADS  /* 4: the lines */
     for (i = 0; i < nrows && !nomem; i++) {

@@ -230,9 +230,13 @@ class InfluxSink:
             self._series.clear()
             self._tags_at = now
 
-    def _series_of(self, kind: bytes, device_id: bytes, tags: bytes) -> bytes:
+    def _series_of(self, kind: bytes, device_id: bytes, tags: bytes) -> bytes | None:
+        """The series part for the C encoder; None hands the record back (damaged tags)."""
         loads = orjson.loads
-        return self.encoder.series_key(loads(kind), loads(device_id), loads(tags)).encode()
+        try:
+            return self.encoder.series_key(loads(kind), loads(device_id), loads(tags)).encode()
+        except (ValueError, TypeError, AttributeError):
+            return None
 
     def encode(self, records: Sequence[Record]) -> list[tuple[Ref, bytes]]:
         """Lines for the records; a record with nothing writable is quarantined here."""
@@ -278,6 +282,8 @@ class InfluxSink:
                 d = loads(ref[1])
                 rid = d["i"]
                 line = line_of(d["k"], d["d"], d["t"], d["f"], d["g"], rid)
+                if line is None:
+                    _record_of(ref)  # to be quarantined as a record it must read as one
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a damaged row
                 self._unreadable(ref, exc)
                 continue
