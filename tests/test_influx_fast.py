@@ -128,7 +128,7 @@ def test_what_c_leaves_is_handed_back_and_encoded_by_python(tmp_path: Path) -> N
     assert b'm,device_id=d1,hub=veh\\ 1 x="[1, 2]" 1700000000000000002' in lines
     assert b"m,device_id=d1,hub=veh\\ 1 x=1i 5" in lines
     # the nan-only record has nothing to write: quarantined, not written as a string "None"
-    assert [i["reason"] for i in list_items(sink.log.path.parent)][0].startswith("no field InfluxDB can store")
+    assert next(i["reason"] for i in list_items(sink.log.path.parent)).startswith("no field InfluxDB can store")
     assert sink.quarantined == 1
     sink.log.close()
     reopened = DurableLog(tmp_path / LOG_FILE)
