@@ -631,21 +631,17 @@ static PyObject *encode(PyObject *self, PyObject *args) {
             if (hit)
                 r->rc = FALLBACK;
         }
+        if (r->rc == OK) {
+            r->series = series_of(&r->h, cache, series_fn);
+            if (r->series == NULL)
+                goto error;
+            if (r->series == Py_None) {  /* the callback could not read it: the caller's */
+                Py_CLEAR(r->series);
+                r->rc = FALLBACK;
+            }
+        }
         if (r->rc != OK) {
             PyObject *n = PyLong_FromSsize_t(i);
-            if (n == NULL || PyList_Append(handed, n) < 0) {
-                Py_XDECREF(n);
-                goto error;
-            }
-            Py_DECREF(n);
-            continue;
-        }
-        r->series = series_of(&r->h, cache, series_fn);
-        if (r->series == NULL)
-            goto error;
-        if (r->series == Py_None) {  /* the callback could not read it: the caller's */
-            PyObject *n = PyLong_FromSsize_t(i);
-            Py_CLEAR(r->series);
             if (n == NULL || PyList_Append(handed, n) < 0) {
                 Py_XDECREF(n);
                 goto error;

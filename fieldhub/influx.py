@@ -153,6 +153,10 @@ class Chunk:
         return [(self.prio, body) for body in self.bodies.split(b"\n")]
 
 
+def _refs(chunks: Sequence[Chunk]) -> list[tuple[int, bytes]]:
+    return [ref for chunk in chunks for ref in chunk.refs()]
+
+
 def read_rows(log: DurableLog, after: dict[int, int], limit: int) -> tuple[list[Chunk], dict[int, int]]:
     """Like ``Cursor.read`` (most urgent class first, oldest first, past ``after``) but returns
     the stored bodies as they are, one ``Chunk`` per class, and the last seq read per class —
@@ -253,7 +257,7 @@ class InfluxSink:
         skip, shapes it does not take)."""
         self._refresh_tags()
         if _lpenc is None:
-            items = self._encode_refs([ref for chunk in chunks for ref in chunk.refs()])
+            items = self._encode_refs(_refs(chunks))
             return Payload(b"\n".join([line for _, line in items]), len(items), chunks)
         parts: list[bytes] = []
         count = 0
@@ -282,8 +286,8 @@ class InfluxSink:
                 d = loads(ref[1])
                 rid = d["i"]
                 line = line_of(d["k"], d["d"], d["t"], d["f"], d["g"], rid)
-                if line is None:
-                    _record_of(ref)  # to be quarantined as a record it must read as one
+                if line is None:  # quarantined as the record it must then read as
+                    ref = _record_of(ref)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a damaged row
                 self._unreadable(ref, exc)
                 continue
@@ -292,16 +296,9 @@ class InfluxSink:
 
     def _unreadable(self, ref: tuple, exc: Exception) -> None:
         """A log row that is not a record (damaged on disk): quarantined, the stream goes on."""
-        key = "row:" + hashlib.blake2b(ref[1], digest_size=10).hexdigest()
-        with self._lock:
-            if key in self._recent_bad:
-                return
-            self._recent_bad[key] = None
-        self.log.quarantine(NAME, f"unreadable log record ({type(exc).__name__}: {exc}) / 日志记录无法解析",
-                            bytes(ref[1]), meta={"priority": ref[0], "mode": self.transport.mode,
-                                                 "target": self.transport.target})
-        self.log.bump(QUARANTINE_COUNTER)
-        self.quarantined += 1
+        self._hold("row:" + hashlib.blake2b(ref[1], digest_size=10).hexdigest(),
+                   f"unreadable log record ({type(exc).__name__}: {exc}) / 日志记录无法解析", bytes(ref[1]),
+                   meta={"priority": ref[0]})
 
     def _keep(self, out: list, ref: Ref, rid: str, line: bytes | None) -> None:
         if rid in self._recent_bad:
@@ -328,12 +325,7 @@ class InfluxSink:
             except InfluxWriteError as exc:
                 if not exc.rejected:
                     raise
-                # the same lines, one per record
-                items = self._encode_refs([ref for chunk in batch.chunks for ref in chunk.refs()])
-                if len(items) == 1:
-                    self._quarantine(items[0][0], items[0][1], exc.server_message, exc.status)
-                else:
-                    self._split(items)
+                self._isolate(self._encode_refs(_refs(batch.chunks)), exc)  # the same lines, one per record
                 return
         self._send_items(batch)
 
@@ -346,29 +338,34 @@ class InfluxSink:
         except InfluxWriteError as exc:
             if not exc.rejected:
                 raise
-            if len(items) == 1:
-                ref, line = items[0]
-                self._quarantine(ref, line, exc.server_message, exc.status)
-                return
-            self._split(items)
+            self._isolate(items, exc)
 
-    def _split(self, items: Sequence[tuple[Ref, bytes]]) -> None:
+    def _isolate(self, items: Sequence[tuple[Ref, bytes]], exc: InfluxWriteError) -> None:
+        """The server refused these lines as bad data: quarantine a lone one, else halve and retry."""
+        if len(items) == 1:
+            ref, line = items[0]
+            self._quarantine(ref, line, exc.server_message, exc.status)
+            return
         mid = len(items) // 2
         self._send_items(items[:mid])
         self._send_items(items[mid:])
 
     def _quarantine(self, ref: Ref, line: bytes, message: str, status: int) -> None:
         record = _record_of(ref)
+        self._hold(record.id, message, line, device_id=record.device_id,
+                   meta={"record_id": record.id, "kind": record.kind, "ts": record.ts, "status": status})
+
+    def _hold(self, key: str, message: str, data: bytes, *, device_id: str | None = None,
+              meta: dict[str, Any]) -> None:
+        """Quarantine once per ``key`` (a retried batch meets the same bad records again)."""
         with self._lock:
-            if record.id in self._recent_bad:
+            if key in self._recent_bad:
                 return
-            self._recent_bad[record.id] = None
+            self._recent_bad[key] = None
             if len(self._recent_bad) > 10_000:
                 self._recent_bad.popitem(last=False)
-        self.log.quarantine(NAME, message, line, device_id=record.device_id,
-                            meta={"record_id": record.id, "kind": record.kind, "ts": record.ts,
-                                  "status": status, "mode": self.transport.mode,
-                                  "target": self.transport.target})
+        self.log.quarantine(NAME, message, data, device_id=device_id,
+                            meta={**meta, "mode": self.transport.mode, "target": self.transport.target})
         self.log.bump(QUARANTINE_COUNTER)
         self.quarantined += 1
 
