@@ -146,6 +146,9 @@ class UdpIn(Endpoint):
     def _close(self) -> None:
         self.sock.close()
 
+    #: seconds to pause after a failed receive (UdpOut: ICMP port unreachable while the far end is down)
+    _error_pause = 0.0
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -155,6 +158,8 @@ class UdpIn(Endpoint):
             except OSError:
                 if self._stop.is_set():
                     return
+                if self._error_pause:
+                    self._stop.wait(self._error_pause)
                 continue
             self._peers[addr] = time.monotonic()
             self._deliver(data, addr)
@@ -185,21 +190,10 @@ class UdpOut(UdpIn):
         self._peers = {}
         self.connected = True
 
+    _error_pause = 0.2
+
     def peers(self) -> list[Any]:
         return [self.target]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except socket.timeout:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                self._stop.wait(0.2)  # e.g. ICMP port unreachable while the far end is down
-                continue
-            self._deliver(data, addr)
 
 
 class TcpClient(Endpoint):
