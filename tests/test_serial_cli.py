@@ -127,7 +127,8 @@ def test_sim_serial_prints_a_path_that_serves_nmea(tmp_path: Path) -> None:
         with serial.serial_for_url(path, baudrate=9600, timeout=0.5) as port:
             buf = b""
             deadline = time.monotonic() + 10
-            while b"$GNGGA" not in buf and time.monotonic() < deadline:
+            # read until both are seen: the port may open just after an epoch's GSV lines
+            while not (b"$GNGGA" in buf and b"$BDGSV" in buf) and time.monotonic() < deadline:
                 buf += port.read(port.in_waiting or 1)
         assert b"$GNGGA" in buf and b"$BDGSV" in buf
     finally:
