@@ -14,8 +14,8 @@ import click
 import orjson
 
 from fieldhub import __version__
-from fieldhub import config as configmod
-from fieldhub.errors import ConfigError, FieldhubError, HubNotRunning
+from fieldhub.core import config as configmod
+from fieldhub.core.errors import ConfigError, FieldhubError, HubNotRunning
 
 EPILOG_WIDTH = 100
 
@@ -190,7 +190,7 @@ def status(cfg: configmod.Config, as_json: bool) -> None:
 
     Asks the running hub; if none runs, reads the data dir directly.
     """
-    from fieldhub import control
+    from fieldhub.core import control
     from fieldhub.status import collect
 
     try:
@@ -200,7 +200,7 @@ def status(cfg: configmod.Config, as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    from fieldhub.render import print_status
+    from fieldhub.cli.render import print_status
 
     print_status(data)
 
@@ -212,8 +212,9 @@ def devices() -> None:
 
 
 def _registry(cfg: configmod.Config):
-    from fieldhub.hub import REGISTRY_FILE, known_models, prepare_data_dir
-    from fieldhub.registry import Registry
+    from fieldhub.core.datadir import REGISTRY_FILE, prepare_data_dir
+    from fieldhub.core.profiles import names as known_models
+    from fieldhub.core.registry import Registry
 
     return Registry(prepare_data_dir(cfg.data_dir) / REGISTRY_FILE, known_models())
 
@@ -231,8 +232,8 @@ def _registry(cfg: configmod.Config):
 @example("fieldhub devices add rg-001 --kind rain_gauge --admin-code 420102001001 --unit 'Village 1'")
 def devices_add(cfg, device_id, kind, admin_code, model, unit, contact, transport, as_json) -> None:
     """Register a device."""
-    from fieldhub.errors import ValidationError
-    from fieldhub.registry import Device
+    from fieldhub.core.errors import ValidationError
+    from fieldhub.core.registry import Device
 
     try:
         t = orjson.loads(transport) if transport else {}
@@ -258,7 +259,7 @@ def devices_list(cfg, kind, level, as_json) -> None:
     if as_json:
         emit_json([d.to_dict() for d in devs])
         return
-    from fieldhub.render import table
+    from fieldhub.cli.render import table
 
     table(["id", "kind", "model", "level", "admin code", "unit"],
           [[d.id, d.kind, d.model, d.level, d.admin_code, d.unit] for d in devs],
@@ -334,8 +335,8 @@ def query(cfg, kind, device, since, until, limit, as_csv, as_json) -> None:
 
     --json prints one JSON object per record, one per line.
     """
-    from fieldhub.hub import STORE_FILE
-    from fieldhub.store import LocalStore
+    from fieldhub.core.datadir import STORE_FILE
+    from fieldhub.sinks.store import LocalStore
 
     store = LocalStore(cfg.data_dir / STORE_FILE, readonly=True)
     recs = store.query(kind, device=device, since=parse_time(since), until=parse_time(until), limit=limit)
@@ -355,7 +356,7 @@ def query(cfg, kind, device, since, until, limit, as_csv, as_json) -> None:
                         datetime.fromtimestamp(r.ts / 1e9, tz=timezone.utc).isoformat(),
                         *[r.fields.get(n, "") for n in names], orjson.dumps(r.tags).decode()])
         return
-    from fieldhub.render import table
+    from fieldhub.cli.render import table
 
     rows = [[local_time(r.ts), r.kind, r.device_id, r.priority.label,
              " ".join(f"{k}={v}" for k, v in r.fields.items())] for r in recs]
@@ -377,13 +378,13 @@ def quarantine() -> None:
 @example("fieldhub quarantine list --source mqtt --json")
 def quarantine_list(cfg, source, state, limit, as_json) -> None:
     """List quarantined items with their reason."""
-    from fieldhub.quarantine import list_items
+    from fieldhub.core.quarantine import list_items
 
     items = list_items(cfg.data_dir, source=source, state=state, limit=limit)
     if as_json:
         emit_json(items)
         return
-    from fieldhub.render import table
+    from fieldhub.cli.render import table
 
     table(["qid", "time (local)", "source", "device", "reason", "payload"],
           [[i["qid"], local_time(i["ts"]), i["source"], i["device_id"] or "-", i["reason"],
@@ -399,8 +400,8 @@ def quarantine_list(cfg, source, state, limit, as_json) -> None:
 @example("fieldhub events --level warning --limit 20")
 def events(cfg, level, limit, as_json) -> None:
     """The operator log: what the hub did and what went wrong (操作日志), newest last."""
-    from fieldhub.hub import OPLOG_FILE
-    from fieldhub.oplog import LEVELS, tail
+    from fieldhub.core.datadir import OPLOG_FILE
+    from fieldhub.core.oplog import LEVELS, tail
 
     entries = tail(cfg.data_dir / OPLOG_FILE, limit, LEVELS[LEVELS.index(level):])
     if as_json:
@@ -433,7 +434,7 @@ def consumers_list(cfg, as_json) -> None:
     if as_json:
         emit_json(info)
         return
-    from fieldhub.render import table
+    from fieldhub.cli.render import table
 
     table(["consumer", "backlog", "by class"],
           [[name, c["backlog_total"], " ".join(f"{k}={v}" for k, v in c["backlog"].items() if v)]
@@ -450,9 +451,9 @@ def consumers_drop(cfg, name) -> None:
     The hub must be stopped. A configured consumer comes back at the next start and begins
     with what is still in the log.
     """
-    from fieldhub.hub import LOG_FILE, OPLOG_FILE, hub_lock
-    from fieldhub.log import DurableLog
-    from fieldhub.oplog import OpLog
+    from fieldhub.core.datadir import LOG_FILE, OPLOG_FILE, hub_lock
+    from fieldhub.core.log import DurableLog
+    from fieldhub.core.oplog import OpLog
 
     with hub_lock(cfg.data_dir):
         oplog = OpLog(cfg.data_dir / OPLOG_FILE)
@@ -483,7 +484,7 @@ def replay(driver, file, summary, device, as_json) -> None:
     --json prints one record per line; --summary --json prints one object with frames,
     records, bad_frames and by_kind.
     """
-    from fieldhub.replay import replay_file
+    from fieldhub.cli.replay import replay_file
 
     result = replay_file(driver, Path(file), device_id=device,
                          on_record=(lambda r: sys.stdout.buffer.write(r.to_json() + b"\n"))
@@ -511,7 +512,7 @@ def sim() -> None:
 @example("fieldhub demo --seconds 20")
 def demo(seconds, data_dir, as_json) -> None:
     """Run the hub with every simulator on the embedded defaults and a private broker."""
-    from fieldhub.demo import run_demo
+    from fieldhub.cli.demo import run_demo
 
     summary = run_demo(seconds=seconds, data_dir=Path(data_dir) if data_dir else None, live=not as_json)
     if as_json:
@@ -523,19 +524,19 @@ def demo(seconds, data_dir, as_json) -> None:
 # and adds one line in its slot below.
 
 # MQTT: quarantine readmit, provision, sim village (issue 3)
-__import__("fieldhub.cli_mqtt").cli_mqtt.register(main, sim)
+from fieldhub.cli.mqtt import register as _register_mqtt; _register_mqtt(main, sim)  # noqa: E402,E702
 
 # serial: profiles, sim serial, bd/tiantong send (issue 4)
-__import__("fieldhub.cli_serial").cli_serial.register(main, sim)
+from fieldhub.cli.serial import register as _register_serial; _register_serial(main, sim)  # noqa: E402,E702
 
 # drones: drone, sim drone (issue 5)
-__import__("fieldhub.cli_mavlink").cli_mavlink.register(main, sim)
+from fieldhub.cli.mavlink import register as _register_mavlink; _register_mavlink(main, sim)  # noqa: E402,E702
 
 # InfluxDB: influx check (issue 6)
-__import__("fieldhub.cli_influx").cli_influx.register(main, sim)
+from fieldhub.cli.influx import register as _register_influx; _register_influx(main, sim)  # noqa: E402,E702
 
 # uplink: uplink status, sim link, center (issue 7)
-from fieldhub.cli_uplink import register as _register_uplink; _register_uplink(main, sim)  # noqa: E402,E702
+from fieldhub.cli.uplink import register as _register_uplink; _register_uplink(main, sim)  # noqa: E402,E702
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from fieldhub.log import DurableLog, _body
+from fieldhub.core.log import DurableLog, _body
 from simulators.loadgen import vehicle_records
 
 

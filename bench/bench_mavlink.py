@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from drivers.mavlink import MavFramer, new_parser, read_tlog  # noqa: E402
-from fieldhub.drone_config import MavlinkConfig  # noqa: E402
-from fieldhub.drones import DroneHub  # noqa: E402
-from fieldhub.log import DurableLog  # noqa: E402
+from fieldhub.sources.mavlink.config import MavlinkConfig  # noqa: E402
+from fieldhub.sources.mavlink.drones import DroneHub  # noqa: E402
+from fieldhub.core.log import DurableLog  # noqa: E402
 
 DEFAULT_FILE = ROOT.parent / "shared" / "fixtures" / "mavlink" / "ardusub_small.tlog"
 CHUNK = 4096
@@ -69,7 +69,7 @@ def hub(pieces: list[bytes], workdir: Path, rates: dict[str, float] | None) -> t
 
 def _drain(log: DurableLog) -> None:
     """Block until every queued append is durable (a synchronous append queues behind them)."""
-    from fieldhub.records import Record
+    from fieldhub.core.records import Record
 
     log.append([Record.make("bench_barrier", "bench", time.time_ns(), {"x": 1})])
 

@@ -35,10 +35,11 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fieldhub import config as configmod  # noqa: E402
-from fieldhub.hub import REGISTRY_FILE, Hub  # noqa: E402
-from fieldhub.mosquitto import Mosquitto  # noqa: E402
-from fieldhub.registry import Device, Registry  # noqa: E402
+from fieldhub.core import config as configmod  # noqa: E402
+from fieldhub.hub import Hub  # noqa: E402
+from fieldhub.core.datadir import REGISTRY_FILE
+from fieldhub.sources.mqtt.mosquitto import Mosquitto  # noqa: E402
+from fieldhub.core.registry import Device, Registry  # noqa: E402
 from simulators.village import fleet_ids  # noqa: E402
 
 PUBLISHERS = 4

@@ -19,8 +19,8 @@ import orjson  # noqa: E402
 import zstandard  # noqa: E402
 
 from fieldhub import shortmsg  # noqa: E402
-from fieldhub.lineproto import Encoder  # noqa: E402
-from fieldhub.uplink_codec import Batch, decode_batch, encode_batch  # noqa: E402
+from fieldhub.sinks.influx.lineproto import Encoder  # noqa: E402
+from fieldhub.uplink.codec import Batch, decode_batch, encode_batch  # noqa: E402
 from simulators.uplink_load import alarm, drone_positions, village_telemetry  # noqa: E402
 
 T0 = 1_780_000_000_000_000_000

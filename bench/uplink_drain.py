@@ -23,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fieldhub.config import parse_duration  # noqa: E402
-from fieldhub.log import DurableLog  # noqa: E402
-from fieldhub.mosquitto import Mosquitto, free_port, wait_port  # noqa: E402
-from fieldhub.uplink import Uplink  # noqa: E402
-from fieldhub.uplink_config import LinkConfig, UplinkConfig, parse_rate  # noqa: E402
+from fieldhub.core.config import parse_duration  # noqa: E402
+from fieldhub.core.log import DurableLog  # noqa: E402
+from fieldhub.sources.mqtt.mosquitto import Mosquitto, free_port, wait_port  # noqa: E402
+from fieldhub.uplink.sender import Uplink  # noqa: E402
+from fieldhub.uplink.config import LinkConfig, UplinkConfig, parse_rate  # noqa: E402
 from simulators.link import LinkEmulator, LinkSpec  # noqa: E402
-from fieldhub.store import LocalStore  # noqa: E402
+from fieldhub.sinks.store import LocalStore  # noqa: E402
 from simulators.uplink_load import alarm, drone_positions, village_telemetry  # noqa: E402
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fieldhub.log import DurableLog  # noqa: E402
-from fieldhub.mosquitto import Mosquitto, free_port  # noqa: E402
+from fieldhub.core.log import DurableLog  # noqa: E402
+from fieldhub.sources.mqtt.mosquitto import Mosquitto, free_port  # noqa: E402
 from simulators.link import LinkEmulator, LinkSpec  # noqa: E402
 from simulators.uplink_load import village_telemetry  # noqa: E402
 

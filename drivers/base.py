@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
-from fieldhub.records import Record
+from fieldhub.core.records import Record
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Mapping
 
-from fieldhub.errors import ProtocolError, ValidationError
-from fieldhub.records import Priority, Record
+from fieldhub.core.errors import ProtocolError, ValidationError
+from fieldhub.core.records import Priority, Record
 
 from .base import Driver, Frame, ParseContext
 from .sentence import SentenceFramer, read_text_capture, sentence, split_fields

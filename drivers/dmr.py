@@ -11,8 +11,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Mapping
 
-from fieldhub.errors import ProtocolError, ValidationError
-from fieldhub.records import Priority, Record
+from fieldhub.core.errors import ProtocolError, ValidationError
+from fieldhub.core.records import Priority, Record
 
 from .base import Driver, Frame, ParseContext, read_hex_capture
 

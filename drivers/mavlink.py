@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 import re
 import struct
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from pymavlink import mavutil
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2
 
-from fieldhub.records import Priority, Record
+from fieldhub.core.errors import FieldhubError, ValidationError
+from fieldhub.core.records import Priority, Record
 
 from .base import Driver, Frame, ParseContext
 
@@ -395,6 +398,91 @@ class MavParser:
         return self.telemetry.handle(frame.message, ctx.now_ns)
 
 
+SIGNING_EPOCH = 1420070400  # 2015-01-01 UTC; signing timestamps count 10 µs from here
+
+
+def signing_now() -> int:
+    return int((time.time() - SIGNING_EPOCH) * 100_000)
+
+
+def sync_signing_clock(m: Any) -> None:
+    """Signing timestamps must follow real time: receivers reject a new stream over a minute old."""
+    if m.signing.sign_outgoing:
+        m.signing.timestamp = max(m.signing.timestamp, signing_now())
+
+
+def signer(key: bytes | None, src_system: int, src_component: int, link_id: int = 0) -> Any:
+    """A pymavlink encoder (and signature checker) set up with ``key`` when there is one."""
+    m = new_parser(src_system, src_component)
+    if key is not None:
+        m.signing.secret_key = key
+        m.signing.link_id = link_id
+        m.signing.sign_outgoing = True
+        m.signing.timestamp = signing_now()
+    return m
+
+
+# operator commands: the action names, and how each becomes COMMAND_LONG / COMMAND_INT
+ACTIONS = ("rtl", "land", "arm", "disarm", "mode", "goto")
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One command to one drone; ``use_int`` sends COMMAND_INT (positions as 1e-7 degrees)."""
+
+    action: str
+    command: int
+    params: tuple[float, ...] = (0, 0, 0, 0, 0, 0, 0)
+    use_int: bool = False
+    frame: int = mav.MAV_FRAME_GLOBAL_RELATIVE_ALT_INT
+    detail: str = ""
+
+    def encode(self, encoder: Any, sysid: int, compid: int, confirmation: int) -> Any:
+        p = self.params
+        if self.use_int:
+            # COMMAND_INT has no confirmation field; a resend is the same message again
+            return encoder.command_int_encode(sysid, compid, self.frame, self.command, 0, 0,
+                                              p[0], p[1], p[2], p[3], int(p[4]), int(p[5]), p[6])
+        return encoder.command_long_encode(sysid, compid, self.command, confirmation & 0xFF, *p)
+
+
+def build(action: str, args: list[str], autopilot: int | None, vehicle_type: int | None) -> CommandSpec:
+    """The command for an operator action; ValidationError says what was expected."""
+    if action == "rtl":
+        return CommandSpec(action, mav.MAV_CMD_NAV_RETURN_TO_LAUNCH)
+    if action == "land":
+        return CommandSpec(action, mav.MAV_CMD_NAV_LAND)
+    if action in ("arm", "disarm"):
+        return CommandSpec(action, mav.MAV_CMD_COMPONENT_ARM_DISARM,
+                           (1.0 if action == "arm" else 0.0, 0, 0, 0, 0, 0, 0))
+    if action == "mode":
+        if len(args) != 1:
+            raise ValidationError("mode needs one NAME, e.g. RTL, LOITER, GUIDED / 需要一个模式名")
+        if autopilot is None or vehicle_type is None:
+            raise FieldhubError("no HEARTBEAT from this drone yet, so its mode table is unknown "
+                                "/ 尚未收到该无人机心跳，无法确定模式表")
+        try:
+            base, main, sub = mode_number(autopilot, vehicle_type, args[0])
+        except KeyError as exc:
+            raise ValidationError(f"unknown mode {args[0]!r} for this autopilot; known: {exc.args[0]} "
+                                  f"/ 未知飞行模式") from None
+        return CommandSpec(action, mav.MAV_CMD_DO_SET_MODE, (float(base), float(main), float(sub), 0, 0, 0, 0),
+                           detail=args[0].upper())
+    if action == "goto":
+        try:
+            lat, lon, alt = (float(a) for a in args)
+        except ValueError:
+            raise ValidationError("goto needs LAT LON ALT (degrees, degrees, metres above home) "
+                                  "/ 需要 纬度 经度 高度") from None
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180 and -100 <= alt <= 10000):
+            raise ValidationError(f"goto {lat} {lon} {alt}: out of range / 坐标超出范围")
+        return CommandSpec(action, mav.MAV_CMD_DO_REPOSITION,
+                           (-1.0, float(mav.MAV_DO_REPOSITION_FLAGS_CHANGE_MODE), 0, math.nan,
+                            round(lat * 1e7), round(lon * 1e7), alt), use_int=True,
+                           detail=f"{lat:.7f},{lon:.7f},{alt:g}")
+    raise ValidationError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+
+
 def pack_tlog(ts_us: int, packet: bytes) -> bytes:
     return struct.pack(">Q", ts_us) + packet
 
@@ -404,8 +492,6 @@ def encode_command(command: Mapping[str, Any]) -> bytes:
     "target_system": 1, "args": [...], "source_system": 254, "confirmation": 0,
     "autopilot": 3, "vehicle_type": 2}`` (autopilot/vehicle type name the mode table for
     ``mode``; ArduCopter by default). Unsigned; the hub signs for drones with keys."""
-    from fieldhub.drone_commands import build
-
     spec = build(str(command["action"]), [str(a) for a in command.get("args") or []],
                  int(command.get("autopilot", mavlink2.MAV_AUTOPILOT_ARDUPILOTMEGA)),
                  int(command.get("vehicle_type", mavlink2.MAV_TYPE_QUADROTOR)))

@@ -6,7 +6,7 @@ import calendar
 import time
 from typing import Any, Mapping
 
-from fieldhub.records import Priority, Record, stable_id
+from fieldhub.core.records import Priority, Record, stable_id
 
 from .base import Driver, Frame, ParseContext
 from .sentence import SentenceFramer, read_text_capture, sentence

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from fieldhub.errors import ValidationError
-from fieldhub.records import Priority, Record
+from fieldhub.core.errors import ValidationError
+from fieldhub.core.records import Priority, Record
 
 from .base import Driver, Frame, ParseContext, read_hex_capture
 

@@ -6,7 +6,7 @@ import calendar
 import random
 from dataclasses import dataclass
 
-from fieldhub.errors import ProtocolError, ValidationError
+from fieldhub.core.errors import ProtocolError, ValidationError
 
 GSM7 = ("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
         "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")

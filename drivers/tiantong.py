@@ -6,8 +6,8 @@ import hashlib
 import re
 from typing import Any, Mapping
 
-from fieldhub.errors import ValidationError
-from fieldhub.records import Priority, Record
+from fieldhub.core.errors import ValidationError
+from fieldhub.core.records import Priority, Record
 
 from .base import Driver, Frame, ParseContext
 from .sentence import read_text_capture

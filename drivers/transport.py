@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import serial
 
-from fieldhub.errors import TransportError
+from fieldhub.core.errors import TransportError
 
 PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD,
           "M": serial.PARITY_MARK, "S": serial.PARITY_SPACE}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib
 import os
 import signal
@@ -11,22 +9,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 import orjson
 
-from . import __version__
-from .config import Config
-from .consumer import ConsumerRunner
-from .control import SOCKET_NAME, ControlServer
-from .errors import StorageError
-from .log import DurableLog
-from .oplog import OpLog
-from .registry import Registry
-from .store import LocalStore
+from fieldhub import __version__
+from fieldhub.core.config import Config
+from fieldhub.core.consumer import ConsumerRunner
+from fieldhub.core.control import SOCKET_NAME, ControlServer
+from fieldhub.core.datadir import (HUB_INFO_FILE, LOG_FILE, OPLOG_FILE, REGISTRY_FILE, STORE_FILE,
+                                    prepare_data_dir, take_lock)
+from fieldhub.core.log import DurableLog
+from fieldhub.core import profiles
+from fieldhub.core.oplog import OpLog
+from fieldhub.core.registry import Registry
+from fieldhub.sinks.store import LocalStore
 
-LOG_FILE, STORE_FILE, REGISTRY_FILE, OPLOG_FILE, LOCK_FILE, HUB_INFO_FILE = (
-    "log.db", "store.db", "registry.db", "oplog.jsonl", "hub.lock", "hub.json")
 
 
 class Component(Protocol):
@@ -62,19 +60,19 @@ COMPONENTS: tuple[str, ...] = (
     "fieldhub.hub:build_store",
 
     # MQTT ingest, presence (issue 3)
-    "fieldhub.mqtt_ingest:build",
+    "fieldhub.sources.mqtt.ingest:build",
 
     # serial devices (issue 4)
-    "fieldhub.serial_ingest:build",
+    "fieldhub.sources.serial.ingest:build",
 
     # drones / MAVLink (issue 5)
-    "fieldhub.drones:build_drones",
+    "fieldhub.sources.mavlink.drones:build_drones",
 
     # InfluxDB sink (issue 6)
-    "fieldhub.influx:build",
+    "fieldhub.sinks.influx.writer:build",
 
     # uplink (issue 7)
-    "fieldhub.uplink:build",
+    "fieldhub.uplink.sender:build",
 )
 
 
@@ -86,58 +84,11 @@ def build_store(ctx: HubContext) -> Component | None:
     return ConsumerRunner(ctx.log, store, batch=cfg.batch, oplog=ctx.oplog)
 
 
-def known_models() -> list[str] | None:
-    """Names of firmware profiles, or None while no profile loader exists."""
-    try:
-        profiles = importlib.import_module("fieldhub.profiles")
-    except ImportError:
-        return None
-    return list(profiles.names())
-
-
-def prepare_data_dir(data_dir: Path) -> Path:
-    """Create the data dir if needed and prove it is writable, with a one-line error if not."""
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        probe = data_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise StorageError(f"data dir {data_dir} is not writable: {exc.strerror or exc} "
-                           f"/ 数据目录不可写") from None
-    return data_dir
-
-
 def open_log(config: Config, oplog: OpLog) -> DurableLog:
     c = config.log
     return DurableLog(config.data_dir / LOG_FILE, commit_interval=c.commit_interval,
                       commit_max=c.commit_max, disk_cap=c.disk_cap or None,
                       compact_interval=c.compact_interval, oplog=oplog, hub_id=config.hub.id)
-
-
-def take_lock(data_dir: Path) -> int:
-    """Hold the data dir's lock (one hub per data dir); returns the fd, released on close."""
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StorageError(f"a hub (pid {other}) is running with data dir {data_dir}; stop it first "
-                           f"/ 另一个 hub 正在使用该数据目录") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
-
-
-@contextlib.contextmanager
-def hub_lock(data_dir: Path) -> Iterator[None]:
-    """For offline maintenance: fails clearly while a hub runs on ``data_dir``."""
-    fd = take_lock(prepare_data_dir(data_dir))
-    try:
-        yield
-    finally:
-        os.close(fd)
 
 
 class Hub:
@@ -149,7 +100,7 @@ class Hub:
         self._lock_fd = self._lock()
         self.oplog = OpLog(self.data_dir / OPLOG_FILE)
         self.log = open_log(config, self.oplog)
-        self.registry = Registry(self.data_dir / REGISTRY_FILE, known_models())
+        self.registry = Registry(self.data_dir / REGISTRY_FILE, profiles.names())
         self.control = ControlServer(self.data_dir / SOCKET_NAME)
         self.ctx = HubContext(config, self.data_dir, config.hub.id, self.log, self.registry,
                               self.oplog, self.control)
@@ -214,7 +165,7 @@ class Hub:
                 signal.signal(sig, handler)
 
     def live_status(self) -> dict[str, Any]:
-        from .status import collect
+        from fieldhub.status import collect
 
         status = collect(self.config, log=self.log, registry=self.registry)
         status["running"] = True

@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from .config import Config
-from .log import DurableLog, backlog, connect
-from .oplog import tail
-from .registry import AdminCode, Registry
+from fieldhub.core.config import Config
+from fieldhub.core.log import DurableLog, backlog, connect
+from fieldhub.core.oplog import tail
+from fieldhub.core.registry import AdminCode, Registry
 
 #: a device with no record for this long is shown offline (presence may refine this)
 DEFAULT_OFFLINE_AFTER_S = 600
@@ -51,7 +51,7 @@ def device_states(db: sqlite3.Connection, device_ids: list[str], now_ns: int,
 
 def collect(config: Config, *, log: DurableLog | None = None,
             registry: Registry | None = None) -> dict[str, Any]:
-    from .hub import HUB_INFO_FILE, LOG_FILE, OPLOG_FILE, REGISTRY_FILE, STORE_FILE
+    from fieldhub.core.datadir import HUB_INFO_FILE, LOG_FILE, OPLOG_FILE, REGISTRY_FILE, STORE_FILE
 
     data_dir = config.data_dir
     out: dict[str, Any] = {"hub_id": config.hub.id, "data_dir": str(data_dir), "running": False,

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# servers for the tests and the demo; a C compiler and Python's headers for fieldhub/_lpenc.c
+# servers for the tests and the demo; a C compiler and Python's headers for fieldhub/sinks/influx/_lpenc.c
 DEB_PACKAGES=(mosquitto influxdb victoria-metrics gcc libc6-dev python3-dev)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
@@ -37,7 +37,7 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.fieldhub-installed
-if [[ ! -f $stamp || setup.cfg -nt $stamp || setup.py -nt $stamp || fieldhub/_lpenc.c -nt $stamp ]]; then
+if [[ ! -f $stamp || setup.cfg -nt $stamp || setup.py -nt $stamp || fieldhub/sinks/influx/_lpenc.c -nt $stamp ]]; then
     echo "bootstrap: installing fieldhub and its dependencies into .venv" >&2
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"

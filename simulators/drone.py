@@ -12,8 +12,8 @@ from typing import Any
 from pymavlink import mavutil
 
 from drivers.mavlink import mav, new_parser
-from fieldhub.drones import signer, sync_signing_clock
-from fieldhub.mavlink_endpoints import Endpoint, make_endpoint
+from drivers.mavlink import signer, sync_signing_clock
+from fieldhub.sources.mavlink.endpoints import Endpoint, make_endpoint
 
 EARTH_R = 6378137.0
 COPTER = mavutil.mode_mapping_acm  # number -> name

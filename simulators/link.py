@@ -270,8 +270,8 @@ def serve_control(em: LinkEmulator, port: int, host: str = "127.0.0.1") -> Any:
     import json
     import socketserver
 
-    from fieldhub.config import parse_duration
-    from fieldhub.uplink_config import parse_rate
+    from fieldhub.core.config import parse_duration
+    from fieldhub.uplink.config import parse_rate
 
     class _Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from fieldhub.records import Priority, Record
+from fieldhub.core.records import Priority, Record
 
 
 def vehicle_records(hub_id: str, start_seq: int, n: int, ts0: int | None = None) -> list[Record]:

@@ -14,7 +14,7 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from fieldhub.errors import FieldhubError
+from fieldhub.core.errors import FieldhubError
 
 
 class PtySim:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.pelco_d import LEFT, RIGHT, UP, DOWN, TELE, WIDE, PelcoFramer, frame_d
-from fieldhub import profiles
+from fieldhub.core import profiles
 
 from .ptysim import PtySim
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from drivers import beidou_rdss
 from drivers.sentence import SentenceFramer, sentence, split_fields
-from fieldhub import profiles
+from fieldhub.core import profiles
 
 from .ptysim import PtySim
 

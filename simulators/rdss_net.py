@@ -18,7 +18,7 @@ import tty
 from dataclasses import dataclass, field
 
 from drivers.sentence import SentenceFramer, sentence, split_fields
-from fieldhub.shortmsg import CARD_BITS
+from fieldhub.uplink.shortmsg import CARD_BITS
 
 
 @dataclass

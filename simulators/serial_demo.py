@@ -52,8 +52,8 @@ class SerialDemo:
         self._thread.start()
 
     def _script(self) -> None:
-        from fieldhub import control
-        from fieldhub.errors import FieldhubError
+        from fieldhub.core import control
+        from fieldhub.core.errors import FieldhubError
 
         if self._stop.wait(3):
             return

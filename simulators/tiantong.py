@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fieldhub.errors import ProtocolError
+from fieldhub.core.errors import ProtocolError
 from drivers.sms_pdu import decode_submit, deliver_pdus, split_text
 
 from .ptysim import PtySim

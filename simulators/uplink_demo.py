@@ -6,7 +6,7 @@ import threading
 from typing import Any
 from urllib.parse import urlparse
 
-from fieldhub.mosquitto import free_port
+from fieldhub.sources.mqtt.mosquitto import free_port
 from simulators.link import LinkEmulator, LinkSpec
 
 
@@ -33,7 +33,7 @@ class DemoUplink:
                               "bandwidth": "512kbit", "latency": "300ms"}]})
 
     def start(self) -> None:
-        from fieldhub.center import CenterWorker
+        from fieldhub.center.worker import CenterWorker
 
         self.worker = CenterWorker(self.ctx.broker, self.ctx.workdir / "center", worker="demo-center")
         self._thread = threading.Thread(target=self.worker.run, args=(self._stop,), name="demo-center", daemon=True)

@@ -6,7 +6,7 @@ import math
 import random
 from typing import Iterator
 
-from fieldhub.records import Priority, Record
+from fieldhub.core.records import Priority, Record
 
 VILLAGE_TAGS = {"kind": "hydro_station", "model": "rtu-v2", "admin_code": "420102001001",
                 "level": "village", "county": "420102"}

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from fieldhub.mosquitto import Mosquitto, free_port
+from fieldhub.sources.mqtt.mosquitto import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from fieldhub.mosquitto import free_port, stop_process
+from fieldhub.sources.mqtt.mosquitto import free_port, stop_process
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -15,7 +15,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fieldhub.mosquitto import Mosquitto, free_port
+from fieldhub.sources.mqtt.mosquitto import Mosquitto, free_port
 from tests.conftest import ROOT, fieldhub_cmd, run_cli
 
 ADMIN = "420102001001"
@@ -114,8 +114,8 @@ class HubProcess:
                                      env=env, stdout=self._out, stderr=subprocess.STDOUT)
 
     def status(self) -> dict | None:
-        from fieldhub import control
-        from fieldhub.errors import FieldhubError
+        from fieldhub.core import control
+        from fieldhub.core.errors import FieldhubError
 
         data_dir = Path(self._data_dir())
         try:

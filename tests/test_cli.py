@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub.log import DurableLog
-from fieldhub.records import Record
+from fieldhub.core.log import DurableLog
+from fieldhub.core.records import Record
 from tests.conftest import ROOT, fieldhub_cmd, run_cli
 
 
@@ -190,8 +190,8 @@ def test_run_broker_flag_overrides_the_config(data_dir: Path, tmp_path: Path, mo
 
 
 def test_commands_that_need_the_hub_say_so(data_dir: Path) -> None:
-    from fieldhub import control
-    from fieldhub.errors import HubNotRunning
+    from fieldhub.core import control
+    from fieldhub.core.errors import HubNotRunning
 
     with pytest.raises(HubNotRunning, match="no hub is running"):
         control.call(data_dir, "status")

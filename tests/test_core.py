@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from fieldhub import config
-from fieldhub.consumer import ConsumerRunner
-from fieldhub.errors import ConfigError, ValidationError
-from fieldhub.log import DurableLog
-from fieldhub.records import Priority, Record, stable_id
-from fieldhub.registry import AdminCode, Device, Registry
-from fieldhub.store import LocalStore
+from fieldhub.core import config
+from fieldhub.core.consumer import ConsumerRunner
+from fieldhub.core.errors import ConfigError, ValidationError
+from fieldhub.core.log import DurableLog
+from fieldhub.core.records import Priority, Record, stable_id
+from fieldhub.core.registry import AdminCode, Device, Registry
+from fieldhub.sinks.store import LocalStore
 
 
 # ----------------------------------------------------------------------------- records
@@ -208,7 +208,7 @@ def test_dead_consumer_does_not_block_others(tmp_path: Path) -> None:
 
 
 def test_device_states_from_data_and_presence(tmp_path: Path) -> None:
-    from fieldhub.log import connect
+    from fieldhub.core.log import connect
     from fieldhub.status import device_states
 
     now = time.time_ns()

@@ -12,15 +12,16 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from drivers.mavlink import mav
-from fieldhub import config as configmod
-from fieldhub.drone_config import key_bytes
-from fieldhub.drones import DroneHub, signer
+from fieldhub.core import config as configmod
+from fieldhub.sources.mavlink.config import key_bytes
+from drivers.mavlink import signer
+from fieldhub.sources.mavlink.drones import DroneHub
 from fieldhub.hub import Hub
-from fieldhub.mosquitto import free_port
-from fieldhub.quarantine import list_items
-from fieldhub.records import Record
-from fieldhub.replay import replay_file
-from fieldhub.tlog import TlogStore
+from fieldhub.sources.mqtt.mosquitto import free_port
+from fieldhub.core.quarantine import list_items
+from fieldhub.core.records import Record
+from fieldhub.cli.replay import replay_file
+from fieldhub.sources.mavlink.tlog import TlogStore
 from simulators.drone import DroneSwarm, free_udp_port
 
 
@@ -248,7 +249,7 @@ def test_tlog_rotation_stays_bounded_and_replays(tmp_path: Path) -> None:
 
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:
-    from fieldhub.errors import ConfigError
+    from fieldhub.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="mavlink.endpoints\\[0\\].*bad endpoint 'udp:1.2.3.4:5'"):
         configmod.load(None, {"mavlink.endpoints": ["udp:1.2.3.4:5"]}, env={})
@@ -259,7 +260,7 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     ks = tmp_path / "keys.toml"
     ks.write_text('"drone-1" = ""\n')
     cfg = configmod.load(None, {"mavlink.keystore": str(ks)}, env={})
-    from fieldhub.drone_config import load_keys
+    from fieldhub.sources.mavlink.config import load_keys
 
     with pytest.raises(ConfigError, match="drone-1: empty signing key"):
         load_keys(cfg.mavlink)
@@ -267,7 +268,7 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
 
 def test_drones_from_the_registry(tmp_path: Path) -> None:
     """A drone registered with its transport (sysid, endpoint) needs no [mavlink] config at all."""
-    from fieldhub.registry import Device, Registry
+    from fieldhub.core.registry import Device, Registry
 
     port = free_udp_port()
     data = tmp_path / "data"

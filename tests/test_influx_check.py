@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from fieldhub.mosquitto import free_port
+from fieldhub.sources.mqtt.mosquitto import free_port
 from tests.conftest import run_cli
 from tests.influx_servers import InfluxDB1, VictoriaMetrics, influxdb1, influxdb1_auth, victoria  # noqa: F401
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from fieldhub.records import Record
+from fieldhub.core.records import Record
 from tests.conftest import ROOT, fieldhub_cmd, run_cli
 from tests.influx_servers import InfluxDB1, influxdb1  # noqa: F401
 from tests.test_influx_sink import check_v1, records
@@ -61,7 +61,7 @@ batch_time = "20ms"
 retry_initial = "100ms"
 retry_max = "1s"
 """)
-    from fieldhub.log import DurableLog
+    from fieldhub.core.log import DurableLog
 
     # a registered device whose record carries no tags: the sink fills them from the registry
     run_cli("devices", "add", "rg-9", "--kind", "rain_gauge", "--admin-code", "420102001002",

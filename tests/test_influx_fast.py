@@ -1,4 +1,4 @@
-"""The C line-protocol encoder (fieldhub/_lpenc.c): byte for byte what the Python encoder
+"""The C line-protocol encoder (fieldhub/sinks/influx/_lpenc.c): byte for byte what the Python encoder
 writes for the same log rows, and whatever it cannot take is handed back, not lost."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fieldhub import influx
-from fieldhub.hub import LOG_FILE
-from fieldhub.influx import QUARANTINE_COUNTER, Chunk, InfluxConfig, InfluxSink, make_transport
-from fieldhub.log import DurableLog, _body
-from fieldhub.quarantine import list_items
-from fieldhub.records import Priority, Record
+from fieldhub.sinks.influx import writer as influx
+from fieldhub.core.datadir import LOG_FILE
+from fieldhub.sinks.influx.writer import QUARANTINE_COUNTER, Chunk, InfluxConfig, InfluxSink, make_transport
+from fieldhub.core.log import DurableLog, _body
+from fieldhub.core.quarantine import list_items
+from fieldhub.core.records import Priority, Record
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 # keys and values that need escaping in line protocol or in JSON

@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub.influx import QUARANTINE_COUNTER, InfluxConfig, InfluxSink, InfluxWriter, make_transport
-from fieldhub.log import DurableLog
-from fieldhub.quarantine import list_items
-from fieldhub.records import Priority, Record
+from fieldhub.sinks.influx.writer import QUARANTINE_COUNTER, InfluxConfig, InfluxSink, InfluxWriter, make_transport
+from fieldhub.core.log import DurableLog
+from fieldhub.core.quarantine import list_items
+from fieldhub.core.records import Priority, Record
 from tests.conftest import run_cli
 from tests.influx_servers import InfluxDB1, VictoriaMetrics, influxdb1, victoria  # noqa: F401
 
@@ -287,7 +287,7 @@ def test_retries_through_5xx_and_a_hung_server(influxdb1: InfluxDB1, tmp_path: P
 
 
 def test_idle_sink_shows_whether_the_server_is_reachable(influxdb1: InfluxDB1, tmp_path: Path) -> None:
-    from fieldhub.mosquitto import free_port
+    from fieldhub.sources.mqtt.mosquitto import free_port
 
     log = DurableLog(tmp_path / "log.db")
     for url, expect in ((f"http://127.0.0.1:{free_port()}", "unreachable: connection refused"),

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fieldhub.errors import DiskFullError
-from fieldhub.log import DurableLog
-from fieldhub.oplog import OpLog, tail
-from fieldhub.records import Priority, Record
+from fieldhub.core.errors import DiskFullError
+from fieldhub.core.log import DurableLog
+from fieldhub.core.oplog import OpLog, tail
+from fieldhub.core.records import Priority, Record
 
 
 def recs(n: int, *, prio: str = "telemetry", start: int = 0, dev: str = "d1", size: int = 0) -> list[Record]:

@@ -10,7 +10,7 @@ import pytest
 from pymavlink import mavutil
 
 from drivers.mavlink import MavFramer, new_parser, read_tlog
-from fieldhub.replay import replay_file
+from fieldhub.cli.replay import replay_file
 from tests.conftest import run_cli
 
 TLOGS = ("ardusub_small.tlog", "dronekit_flight_replay_flight.tlog", "dronekit_log_upload_test.tlog",

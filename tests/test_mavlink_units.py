@@ -9,8 +9,8 @@ import pytest
 
 import drivers
 from drivers.mavlink import mav, mode_name, mode_number, new_parser
-from fieldhub.drone_commands import build
-from fieldhub.errors import ValidationError
+from drivers.mavlink import build
+from fieldhub.core.errors import ValidationError
 from tests.conftest import run_cli
 
 APM, PX4 = mav.MAV_AUTOPILOT_ARDUPILOTMEGA, mav.MAV_AUTOPILOT_PX4
@@ -101,8 +101,8 @@ def test_keystore_keys_and_permissions(tmp_path: Path) -> None:
     import hashlib
     import os
 
-    from fieldhub import config as configmod
-    from fieldhub.drone_config import load_keys
+    from fieldhub.core import config as configmod
+    from fieldhub.sources.mavlink.config import load_keys
 
     ks = tmp_path / "drone-keys.toml"
     ks.write_text('uav-01 = "' + "ab" * 32 + '"\nuav-02 = "county passphrase"\n')

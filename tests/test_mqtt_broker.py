@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub import config as configmod
+from fieldhub.core import config as configmod
 from fieldhub.hub import Hub
-from fieldhub.records import Priority
+from fieldhub.core.records import Priority
 from tests.mqtt_util import (ProvisionedBroker, client, mqtt_records, quarantined, run_cli,
                              wait_for)
 
@@ -109,7 +109,7 @@ def test_ingest_quarantine_readmit_clock_and_presence(broker: ProvisionedBroker)
         assert mq.stats["duplicates"] == 1 and mq.stats["clock_suspect"] == 1
         q = quarantined(broker.data)
         assert [(d, r) for _, d, r in q] == [("rg-1", "field rain_mm=-5 out of range [0, 2000]")]
-        from fieldhub.store import LocalStore
+        from fieldhub.sinks.store import LocalStore
 
         store = LocalStore(broker.data / "store.db", readonly=True)
         skewed = next(r for r in store.query("rain_gauge") if r.fields["seq"] == 2)
@@ -174,7 +174,7 @@ def test_presence_timeout_raises_alarm(broker: ProvisionedBroker) -> None:
         c.loop_stop()
     finally:
         hub.stop()
-    from fieldhub.store import LocalStore
+    from fieldhub.sinks.store import LocalStore
 
     recs = list(LocalStore(broker.data / "store.db", readonly=True).query("presence", device="hh-1"))
     assert [r.fields["online"] for r in recs] == [True, False, True]
@@ -229,7 +229,7 @@ def test_last_will_marks_offline_with_alarm(broker: ProvisionedBroker) -> None:
         assert hub.live_status()["components"]["mqtt"]["presence"] == {"online": 0, "offline": 1}
     finally:
         hub.stop()
-    from fieldhub.store import LocalStore
+    from fieldhub.sinks.store import LocalStore
 
     recs = list(LocalStore(broker.data / "store.db", readonly=True).query("presence", device="wl-7"))
     assert [(r.fields["online"], r.fields["reason"], r.priority) for r in recs] == [

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fieldhub import config as configmod
+from fieldhub.core import config as configmod
 from fieldhub.hub import Hub
-from fieldhub.log import DurableLog
+from fieldhub.core.log import DurableLog
 from tests.mqtt_util import (HubProcess, ProvisionedBroker, client, mqtt_records, quarantined,
                              sim_process, wait_for)
 

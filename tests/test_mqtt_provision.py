@@ -10,10 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub import config as configmod
+from fieldhub.core import config as configmod
 from fieldhub.hub import Hub
-from fieldhub.mosquitto import Mosquitto, free_port
-from fieldhub.provision import verify_password
+from fieldhub.sources.mqtt.mosquitto import Mosquitto, free_port
+from fieldhub.sources.mqtt.provision import verify_password
 from tests.mqtt_util import ADMIN, ProvisionedBroker, mqtt_records, run_as, run_cli, wait_for
 
 

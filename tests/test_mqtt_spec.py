@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fieldhub.mqtt_spec import Rejected, decode, is_will
-from fieldhub.provision import hash_password, verify_password
-from fieldhub.records import Priority
-from fieldhub.registry import Device
+from fieldhub.sources.mqtt.spec import Rejected, decode, is_will
+from fieldhub.sources.mqtt.provision import hash_password, verify_password
+from fieldhub.core.records import Priority
+from fieldhub.core.registry import Device
 
 RG = Device("rg-001", "rain_gauge", "420102001001")
 NOW = time.time_ns()

@@ -13,8 +13,8 @@ import orjson
 import pytest
 import serial
 
-from fieldhub import control
-from fieldhub.errors import HubNotRunning
+from fieldhub.core import control
+from fieldhub.core.errors import HubNotRunning
 from simulators.rdss import RdssSim
 from simulators.tiantong import TiantongSim
 

@@ -10,7 +10,7 @@ import drivers
 import drivers.pelco_d
 from drivers.base import Frame, ParseContext
 from drivers.sentence import sentence
-from fieldhub.errors import ProtocolError
+from fieldhub.core.errors import ProtocolError
 
 FAMILIES = ["nmea", "beidou_rdss", "tiantong", "dmr", "pelco_d"]
 GOOD = {

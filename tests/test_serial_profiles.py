@@ -7,9 +7,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub import profiles
-from fieldhub.errors import ConfigError
-from fieldhub.hub import known_models
+from fieldhub.core import profiles
+from fieldhub.core.errors import ConfigError
+from fieldhub.core.profiles import names as known_models
 
 
 def test_every_profile_validates() -> None:

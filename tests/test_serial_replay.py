@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub.replay import replay_file
+from fieldhub.cli.replay import replay_file
 
 # MANIFEST.txt sentence counts (a plain XOR check by the fixture collector); gpsd_beidou-bd.log also
 # has one sentence behind a leading space (" $GNRMC"), which the manifest did not count.

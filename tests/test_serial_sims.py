@@ -8,13 +8,14 @@ from typing import Callable, Iterator
 
 import pytest
 
-from fieldhub import config as configmod
-from fieldhub import control
-from fieldhub.errors import FieldhubError
-from fieldhub.hub import REGISTRY_FILE, STORE_FILE, Hub
-from fieldhub.records import Priority
-from fieldhub.registry import Device, Registry
-from fieldhub.store import LocalStore
+from fieldhub.core import config as configmod
+from fieldhub.core import control
+from fieldhub.core.errors import FieldhubError
+from fieldhub.hub import Hub
+from fieldhub.core.datadir import REGISTRY_FILE, STORE_FILE
+from fieldhub.core.records import Priority
+from fieldhub.core.registry import Device, Registry
+from fieldhub.sinks.store import LocalStore
 from simulators.dmr import DmrSim
 from simulators.gnss import GnssSim
 from simulators.ptz import PtzSim
@@ -122,7 +123,7 @@ def test_noise_is_counted_and_quarantine_rate_limited(rig: Rig) -> None:
     # a 5-a-minute bucket: at most 5 at once plus the refill since the port opened; the rest only counted
     assert st["quarantined"] <= 5 + 1 + (time.monotonic() - rig.started) / 12
     assert st["quarantine_suppressed"] >= 1 and st["quarantined"] < st["bad_frames"]
-    from fieldhub.quarantine import list_items
+    from fieldhub.core.quarantine import list_items
 
     held = list_items(rig.data_dir, source="serial:nmea")
     assert held and all(i["device_id"] == "gnss-1" for i in held)
@@ -221,8 +222,8 @@ def test_every_family_survives_unplug_replug(rig: Rig, device: str) -> None:
 
 
 def test_tiantong_registration_loss_is_an_alarm(tmp_path: Path) -> None:
-    from fieldhub.log import DurableLog
-    from fieldhub.serial_ingest import SerialPortConfig, open_port
+    from fieldhub.core.log import DurableLog
+    from fieldhub.sources.serial.ingest import SerialPortConfig, open_port
 
     log = DurableLog(tmp_path / "log.db")
     with TiantongSim(loss_every=1.0, loss_for=1.0) as sim:
@@ -244,8 +245,8 @@ def test_lrrp_over_udp(tmp_path: Path, fixtures_dir: Path) -> None:
     """Motorola radios send LRRP as UDP datagrams: the dmr port can listen with udp://."""
     import socket
 
-    from fieldhub.log import DurableLog
-    from fieldhub.serial_ingest import SerialPortConfig, open_port
+    from fieldhub.core.log import DurableLog
+    from fieldhub.sources.serial.ingest import SerialPortConfig, open_port
 
     docs = [bytes.fromhex(line.rsplit("|", 1)[1].strip()) for line in
             (fixtures_dir / "vectors" / "dmr_location_vectors_ok-dmrlib.txt").read_text().splitlines()
@@ -307,9 +308,9 @@ def test_device_registered_while_running_gets_tags_at_reconnect(rig: Rig) -> Non
 def test_capture_replayed_through_pty_in_split_pieces(tmp_path: Path, fixtures_dir: Path) -> None:
     """gpsfake-style: a real capture played into a pty, every sentence written in two random
     pieces; the port decodes exactly what a file replay decodes."""
-    from fieldhub.log import DurableLog
-    from fieldhub.replay import replay_file
-    from fieldhub.serial_ingest import SerialPortConfig, open_port
+    from fieldhub.core.log import DurableLog
+    from fieldhub.cli.replay import replay_file
+    from fieldhub.sources.serial.ingest import SerialPortConfig, open_port
 
     capture = fixtures_dir / "nmea" / "gpsd_unicore-um621.log"
     expected = replay_file("nmea", capture)
@@ -346,8 +347,8 @@ def test_tiantong_call_state(rig: Rig) -> None:
 
 def test_tiantong_poll_interval(tmp_path: Path) -> None:
     """Signal and registration are polled on the port's interval (overriding the profile's 30 s)."""
-    from fieldhub.log import DurableLog
-    from fieldhub.serial_ingest import SerialPortConfig, open_port
+    from fieldhub.core.log import DurableLog
+    from fieldhub.sources.serial.ingest import SerialPortConfig, open_port
 
     log = DurableLog(tmp_path / "log.db")
     with TiantongSim() as sim:

@@ -10,9 +10,9 @@ import pytest
 from drivers import beidou_rdss, pelco_d, tiantong
 from drivers.base import Frame, ParseContext
 from drivers.sms_pdu import decode_deliver, decode_submit, submit_pdus
-from fieldhub import config as configmod
-from fieldhub.errors import ConfigError, ValidationError
-from fieldhub.records import Priority
+from fieldhub.core import config as configmod
+from fieldhub.core.errors import ConfigError, ValidationError
+from fieldhub.core.records import Priority
 
 
 def test_pelco_encoder_matches_vectors(fixtures_dir: Path) -> None:
@@ -52,7 +52,7 @@ def test_rdss_limits_and_bad_text() -> None:
         beidou_rdss.encode({"cmd": "txa", "dest": "12345678", "text": "x"})
     # level-3 card: 628 bits = 78 Chinese characters in mixed mode (8-bit A4 marker)
     assert beidou_rdss.content_bits("汉" * 39, beidou_rdss.ENC_MIXED) == 39 * 16 + 8
-    from fieldhub.serial_sessions import RdssSession
+    from fieldhub.sources.serial.sessions import RdssSession
 
     class _Port:
         device_id = "bd"
@@ -61,7 +61,7 @@ def test_rdss_limits_and_bad_text() -> None:
         def write(self, data: bytes) -> None:  # never reached: the length check comes first
             raise AssertionError("sent a message over the card's limit")
 
-    from fieldhub import profiles
+    from fieldhub.core import profiles
 
     session = RdssSession(_Port(), profiles.load("rdss-bd2-level3"))
     with pytest.raises(ValidationError, match="628"):
@@ -139,7 +139,7 @@ def test_run_with_bad_profile_is_one_line(cli, tmp_path: Path) -> None:
 
 def test_parser_errors_are_quarantinable() -> None:
     """A TXR with an unknown encoding is a ProtocolError the port counts and quarantines."""
-    from fieldhub.errors import ProtocolError
+    from fieldhub.core.errors import ProtocolError
 
     parser = beidou_rdss.RdssParser()
     with pytest.raises(ProtocolError):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fieldhub import shortmsg
-from fieldhub.errors import ProtocolError, ValidationError
-from fieldhub.records import Priority, Record
-from fieldhub.uplink_codec import Batch, decode_batch, encode_batch
+from fieldhub.uplink import shortmsg
+from fieldhub.core.errors import ProtocolError, ValidationError
+from fieldhub.core.records import Priority, Record
+from fieldhub.uplink.codec import Batch, decode_batch, encode_batch
 from simulators.uplink_load import alarm, drone_positions, village_telemetry
 
 T0 = 1_780_000_000_000_000_000
@@ -82,7 +82,7 @@ def test_record_that_cannot_fit_a_short_message_is_refused() -> None:
 
 
 def test_center_store_dedupes_and_upgrades_a_short_message_summary(tmp_path) -> None:
-    from fieldhub.center import CenterStore
+    from fieldhub.center.worker import CenterStore
 
     key = b"k" * 32
     full = alarm("geo-monitor-17", T0, 9)

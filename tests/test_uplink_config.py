@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fieldhub import config
-from fieldhub.errors import ConfigError
-from fieldhub.uplink_config import parse_rate
+from fieldhub.core import config
+from fieldhub.core.errors import ConfigError
+from fieldhub.uplink.config import parse_rate
 
 GOOD = """
 [uplink]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fieldhub.mosquitto import free_port, wait_port
+from fieldhub.sources.mqtt.mosquitto import free_port, wait_port
 from simulators.link import LinkEmulator, LinkSpec
 from tests.conftest import ROOT, fieldhub_cmd
 

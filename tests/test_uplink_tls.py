@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fieldhub.log import DurableLog
-from fieldhub.mosquitto import free_port
-from fieldhub.uplink import Uplink
-from fieldhub.uplink_config import LinkConfig, UplinkConfig
+from fieldhub.core.log import DurableLog
+from fieldhub.sources.mqtt.mosquitto import free_port
+from fieldhub.uplink.sender import Uplink
+from fieldhub.uplink.config import LinkConfig, UplinkConfig
 from tests import uplink_hubproc as hubproc
 from tests.test_uplink_flow import center_ids, center_worker, stop, wait_until
 

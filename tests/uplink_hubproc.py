@@ -12,9 +12,9 @@ import sys
 import threading
 from pathlib import Path
 
-from fieldhub import config
+from fieldhub.core import config
 from fieldhub.hub import Hub
-from fieldhub.records import Priority, Record
+from fieldhub.core.records import Priority, Record
 
 T0 = 1_780_000_000_000_000_000
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from fieldhub import config
+from fieldhub.core import config
 from fieldhub.hub import Hub
 from simulators.loadgen import vehicle_records
 

@@ -6,9 +6,9 @@ import resource
 import signal
 import sys
 
-from fieldhub.errors import StorageError
-from fieldhub.log import DurableLog
-from fieldhub.records import Record
+from fieldhub.core.errors import StorageError
+from fieldhub.core.log import DurableLog
+from fieldhub.core.records import Record
 
 
 def main() -> None:

@@ -1,0 +1,116 @@
+"""The control socket: a Unix socket in the data dir speaking one JSON object per line.
+
+Request ``{"cmd": "status", "args": {...}}``; reply ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": "..."}``. Handlers are plain functions registered by name, so a
+component adds commands (``drone.command``, ``uplink.status``...) without touching this file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import socketserver
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from fieldhub.core.errors import FieldhubError, HubNotRunning
+
+Handler = Callable[[dict[str, Any]], Any]
+SOCKET_NAME = "hub.sock"
+
+
+class ControlServer:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handlers: dict[str, Handler] = {}
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def register(self, name: str, handler: Handler) -> None:
+        if name in self.handlers:
+            raise ValueError(f"control command {name} registered twice")
+        self.handlers[name] = handler
+
+    def start(self) -> None:
+        handlers = self.handlers
+
+        class _Conn(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for line in self.rfile:
+                    if not line.strip():
+                        continue
+                    reply = _dispatch(handlers, line)
+                    self.wfile.write(orjson.dumps(reply, default=str) + b"\n")
+                    self.wfile.flush()
+
+        if self.path.exists() or self.path.is_socket():
+            self.path.unlink()
+        old = os.umask(0o117)  # owner and group only
+        try:
+            self._server = socketserver.ThreadingUnixStreamServer(str(self.path), _Conn)
+        finally:
+            os.umask(old)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:
+    try:
+        req = orjson.loads(line)
+        cmd = req["cmd"]
+        args = req.get("args") or {}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return {"ok": False, "error": "bad request: expected {\"cmd\": ..., \"args\": {...}}"}
+    handler = handlers.get(cmd)
+    if handler is None:
+        return {"ok": False, "error": f"unknown command {cmd!r}; known: {', '.join(sorted(handlers))}"}
+    try:
+        return {"ok": True, "result": handler(args)}
+    except FieldhubError as exc:
+        return {"ok": False, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a failing handler must not take the socket down
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def call(data_dir: Path | str, cmd: str, args: dict[str, Any] | None = None,
+         timeout: float = 30.0) -> Any:
+    """Send one request to the running hub; raises HubNotRunning if none answers."""
+    path = Path(data_dir) / SOCKET_NAME
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise HubNotRunning(f"no hub is running with data dir {data_dir} "
+                            f"(no answer on {path}) / 该数据目录没有运行中的 hub") from None
+    try:
+        sock.sendall(orjson.dumps({"cmd": cmd, "args": args or {}}) + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise HubNotRunning("the hub closed the control connection")
+            buf += chunk
+    except socket.timeout:
+        raise FieldhubError(f"the hub did not answer {cmd!r} within {timeout:.0f}s") from None
+    finally:
+        sock.close()
+    reply = orjson.loads(buf)
+    if not reply.get("ok"):
+        raise FieldhubError(reply.get("error", "hub error"))
+    return reply.get("result")

@@ -1,0 +1,659 @@
+"""The durable log: group-committed appends, per-consumer cursors per priority class, disk cap.
+
+One SQLite file in WAL mode with ``synchronous=FULL``. A single writer thread owns the only
+write connection; appends, cursor moves and maintenance are queued to it and committed in
+groups (every ``commit_interval`` or ``commit_max`` records), and each caller is told only
+after the commit is on disk. Readers use their own connections.
+
+A consumer's cursor is one sequence number per priority class: it reads the most urgent
+class first and can acknowledge what it has delivered class by class. Records every
+registered cursor has passed are compacted away; when the disk cap is reached, the
+lowest-priority, oldest records are evicted first (never ``alarm`` or ``command``), and
+each eviction is counted, raised as an alarm record and written to the operator log.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import orjson
+
+from fieldhub.core.errors import DiskFullError, StorageError
+from fieldhub.core.oplog import OpLog
+from fieldhub.core.records import PROTECTED, Priority, Record, now_ns
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS log(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: cursors stay valid after compaction
+    id TEXT NOT NULL,
+    prio INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS log_id ON log(id);
+CREATE INDEX IF NOT EXISTS log_prio ON log(prio, seq);
+CREATE TABLE IF NOT EXISTS cursors(
+    consumer TEXT NOT NULL, prio INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY(consumer, prio)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine(
+    qid INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    device_id TEXT,
+    reason TEXT NOT NULL,
+    payload BLOB,
+    meta TEXT,
+    state TEXT NOT NULL DEFAULT 'held'
+);
+CREATE INDEX IF NOT EXISTS quarantine_state ON quarantine(state, qid);
+"""
+
+Callback = Callable[["AppendResult | None", "BaseException | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What a durable append did: how many records were new and how many were duplicates."""
+
+    added: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A record as read from the log, with its sequence number."""
+
+    seq: int
+    record: Record
+
+
+@dataclass
+class _Op:
+    kind: str
+    payload: object
+    callback: Callback | None = None
+    done: threading.Event | None = None
+    result: object = None
+    error: BaseException | None = None
+    size: int = 1
+
+    def finish(self, result: object, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        if self.callback is not None:
+            self.callback(result, error)  # type: ignore[arg-type]
+        if self.done is not None:
+            self.done.set()
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a log/store SQLite file with the pragmas durability needs."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class DurableLog:
+    """Append-only record log with per-consumer cursors; see the module docstring."""
+
+    def __init__(self, path: Path | str, *, commit_interval: float = 0.01, commit_max: int = 2000,
+                 disk_cap: int | None = None, max_pending: int = 50_000,
+                 compact_interval: float = 5.0, oplog: OpLog | None = None,
+                 hub_id: str = "hub") -> None:
+        self.path = Path(path)
+        self.commit_interval = commit_interval
+        self.commit_max = commit_max
+        self.disk_cap = disk_cap
+        self.compact_interval = compact_interval
+        self.oplog = oplog or OpLog(None)
+        self.hub_id = hub_id
+        self._ops: deque[_Op | None] = deque()
+        self._wake = threading.Event()
+        # backpressure: appenders wait while this many records are queued but not committed
+        self._max_pending = max_pending
+        self._blocked = 0
+        self._pending_cv = threading.Condition()
+        self._changed = threading.Condition()
+        self._last_seq = 0
+        self._closed = False
+        self._local = threading.local()
+        self.stats = {"appended": 0, "duplicates": 0, "commits": 0, "evicted": 0,
+                      "compacted": 0, "append_errors": 0, "disk_full": 0}
+        self._open()
+        self._writer = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._writer.start()
+
+    # ---------------------------------------------------------------- opening, recovery
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = connect(self.path)
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._recover(exc)
+        self._last_seq = self._high_water()
+        self._counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def _high_water(self) -> int:
+        """The highest seq ever used; never below any cursor, so new records are never skipped."""
+        db = self._db
+        used = db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name='log'").fetchone()[0]
+        top = max(used, db.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0],
+                  db.execute("SELECT coalesce(max(seq), 0) FROM cursors").fetchone()[0])
+        if top > used:
+            db.execute("DELETE FROM sqlite_sequence WHERE name='log'")
+            db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('log', ?)", (top,))
+        return top
+
+    def _recover(self, exc: BaseException) -> None:
+        """A damaged file: move it aside, salvage every readable row, start a clean file."""
+        try:
+            self._db.close()
+        except Exception:  # noqa: BLE001 - closing a broken handle may fail; nothing to save
+            pass
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(aside) + suffix))
+        self._db = connect(self.path)
+        self._db.executescript(SCHEMA)
+        salvaged = self._salvage(aside)
+        self.oplog.write("error", "log_recovered",
+                         f"log file {self.path} was damaged ({exc}); moved to {aside.name}, "
+                         f"{salvaged} records salvaged",
+                         f"日志文件损坏（{exc}），已移至 {aside.name}，抢救 {salvaged} 条记录",
+                         salvaged=salvaged)
+
+    def _salvage(self, aside: Path) -> int:
+        try:
+            old = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
+        except sqlite3.DatabaseError:
+            return 0
+        saved = 0
+        try:
+            for table, cols in (("log", "seq, id, prio, body"),
+                                ("cursors", "consumer, prio, seq"),
+                                ("counters", "name, value"),
+                                ("quarantine", "qid, ts, source, device_id, reason, payload, meta, state")):
+                marks = ",".join("?" * len(cols.split(",")))
+                try:
+                    rows = old.execute(f"SELECT {cols} FROM {table}")
+                    while True:
+                        try:
+                            row = rows.fetchone()
+                        except sqlite3.DatabaseError:
+                            break
+                        if row is None:
+                            break
+                        self._db.execute(f"INSERT OR IGNORE INTO {table}({cols}) VALUES ({marks})", row)
+                        saved += table == "log"
+                except sqlite3.DatabaseError:
+                    continue
+        finally:
+            old.close()
+        return saved
+
+    # ---------------------------------------------------------------- writing
+    def append(self, records: Sequence[Record], callback: Callback | None = None,
+               timeout: float | None = None) -> AppendResult | None:
+        """Append records durably.
+
+        Without ``callback`` this blocks until the records are on disk and returns the
+        result (raising StorageError/DiskFullError on failure). With ``callback`` it returns
+        at once and the callback runs on the writer thread after the commit, with
+        ``(result, None)`` or ``(None, error)``: acknowledge the source only then.
+        """
+        if not records:
+            if callback is not None:
+                callback(AppendResult(0, 0), None)
+            return AppendResult(0, 0)
+        return self._submit("append", list(records), callback, timeout, size=len(records))
+
+    def quarantine(self, source: str, reason: str, payload: bytes | str | None, *,
+                   device_id: str | None = None, meta: dict | None = None,
+                   callback: Callback | None = None) -> int | None:
+        """Put something that could not be admitted into the dead-letter area, durably."""
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "surrogateescape")
+        row = (now_ns(), source, device_id, reason, payload,
+               orjson.dumps(meta).decode() if meta else None)
+        return self._submit("quarantine", row, callback, None)
+
+    def set_quarantine_state(self, qids: Iterable[int], state: str) -> int:
+        return self._submit("qstate", (list(qids), state), None, None)
+
+    def commit_cursor(self, consumer: str, positions: dict[int, int]) -> None:
+        """Durably move a consumer's cursor to the given seq per priority class."""
+        self._submit("cursor", (consumer, dict(positions)), None, None)
+
+    def register_consumer(self, consumer: str, start: str = "earliest") -> None:
+        """Create a consumer's cursor if it does not exist (``earliest`` or ``latest``)."""
+        self._submit("register", (consumer, start), None, None)
+
+    def backlog(self, consumer: str) -> dict[str, int]:
+        """Records ``consumer`` has not passed yet, per priority class ({} if no such consumer)."""
+        return backlog(self._reader(), consumer)
+
+    def consumer_names(self) -> list[str]:
+        return [r[0] for r in self._reader().execute("SELECT DISTINCT consumer FROM cursors ORDER BY 1")]
+
+    def drop_consumer(self, consumer: str) -> None:
+        self._submit("drop", consumer, None, None)
+
+    def bump(self, name: str, by: int = 1) -> None:
+        """Add to a persisted counter (visible in ``fieldhub status`` even when stopped)."""
+        self._submit("bump", (name, by), lambda r, e: None, None)
+
+    def _submit(self, kind: str, payload: object, callback: Callback | None,
+                timeout: float | None, size: int = 1):
+        if self._closed:
+            raise StorageError("the log is closed")
+        if kind == "append" and self._max_pending and len(self._ops) >= self._max_pending:
+            self._wait_for_room(timeout if timeout is not None else 60)
+        op = _Op(kind, payload, callback, None if callback else threading.Event(), size=size)
+        self._ops.append(op)
+        if not self._wake.is_set():
+            self._wake.set()
+        if callback is not None:
+            return None
+        assert op.done is not None
+        if not op.done.wait(timeout):
+            raise StorageError(f"log {kind} not durable within {timeout}s")
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def _run(self) -> None:
+        """Writer loop: take what is queued (waiting up to ``commit_interval`` for more, at most
+        ``commit_max`` records), commit it in one transaction, tell every waiter."""
+        ops = self._ops
+        next_maint = time.monotonic() + self.compact_interval
+        stop = False
+        while not stop:
+            if not ops:
+                self._wake.wait(max(0.0, min(1.0, next_maint - time.monotonic())))
+                self._wake.clear()
+            group: list[_Op] = []
+            n = 0
+            deadline = time.monotonic() + self.commit_interval
+            while n < self.commit_max:
+                if not ops:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not group:
+                        break
+                    self._wake.wait(remaining)
+                    self._wake.clear()
+                    continue
+                op = ops.popleft()
+                if op is None:
+                    stop = True
+                    break
+                group.append(op)
+                n += op.size
+            if group:
+                self._commit_group(group)
+            if time.monotonic() >= next_maint:
+                done = self._maintain()
+                next_maint = time.monotonic() + (self.compact_interval if done else 0.005)
+        self._maintain(budget=None)
+
+    def _commit_group(self, group: list[_Op]) -> None:
+        db = self._db
+        results: list[tuple[_Op, object]] = []
+        top = self._last_seq
+        try:
+            if self.disk_cap and any(op.kind == "append" for op in group):
+                self._enforce_cap(group)
+            db.execute("BEGIN IMMEDIATE")
+            appends = [op for op in group if op.kind == "append"]
+            bulk = self._bulk_append(appends) if len(appends) > 1 else {}
+            for op in group:
+                results.append((op, bulk[id(op)] if id(op) in bulk else self._apply(op)))
+            db.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - every waiter must hear about the failure
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            err = self._map_error(exc)
+            self.stats["append_errors"] += 1
+            self._release()
+            for op in group:
+                op.finish(None, err)
+            return
+        self.stats["commits"] += 1
+        self._release()
+        for op, result in results:
+            if op.kind == "append":
+                assert isinstance(result, AppendResult)
+                self.stats["appended"] += result.added
+                self.stats["duplicates"] += result.duplicates
+        if any(op.kind == "maint" for op in group):
+            self._maintain(budget=None)
+        for op, result in results:
+            op.finish(result, None)
+        if self._last_seq != top:
+            with self._changed:
+                self._changed.notify_all()
+
+    def _wait_for_room(self, timeout: float) -> None:
+        """Backpressure: block the appender while too many appends are queued."""
+        deadline = time.monotonic() + timeout
+        with self._pending_cv:
+            self._blocked += 1
+            try:
+                while len(self._ops) >= self._max_pending:
+                    if time.monotonic() > deadline:
+                        raise StorageError("the log writer is not keeping up (pending queue full)")
+                    self._pending_cv.wait(0.05)
+            finally:
+                self._blocked -= 1
+
+    def _release(self) -> None:
+        if self._blocked:
+            with self._pending_cv:
+                self._pending_cv.notify_all()
+
+    def _map_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, DiskFullError):
+            return exc
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
+            self.stats["disk_full"] += 1
+            self.oplog.write("error", "disk_full", f"log write failed: {text}",
+                             f"日志写入失败（磁盘已满）：{text}")
+            return DiskFullError(f"log {self.path}: cannot write, disk full or failing ({text}) "
+                                 f"/ 磁盘已满或故障，无法写入")
+        if isinstance(exc, (sqlite3.Error, OSError)):
+            self.oplog.write("error", "log_write_failed", f"log write failed: {text}",
+                             f"日志写入失败：{text}")
+            return StorageError(f"log {self.path}: {text}")
+        return exc
+
+    def _bulk_append(self, ops: list[_Op]) -> dict[int, AppendResult]:
+        """All appends of a group in one statement; if any id was a duplicate, redo them one
+        by one so each caller learns its own count (duplicates are rare: redeliveries)."""
+        db = self._db
+        rows = [(r.id, int(r.priority), orjson.dumps(_body(r))) for op in ops for r in op.payload]  # type: ignore[attr-defined]
+        db.execute("SAVEPOINT bulk")
+        before = db.total_changes
+        db.executemany("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)", rows)
+        if db.total_changes - before != len(rows):
+            db.execute("ROLLBACK TO bulk")
+            db.execute("RELEASE bulk")
+            return {}
+        db.execute("RELEASE bulk")
+        self._last_seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name='log'").fetchone()[0]
+        return {id(op): AppendResult(op.size, 0) for op in ops}
+
+    def _apply(self, op: _Op) -> object:
+        db = self._db
+        if op.kind == "append":
+            records: list[Record] = op.payload  # type: ignore[assignment]
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)",
+                [(r.id, int(r.priority), orjson.dumps(_body(r))) for r in records])
+            added = db.total_changes - before
+            if added:
+                self._last_seq = db.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name='log'").fetchone()[0]
+            return AppendResult(added, len(records) - added)
+        if op.kind == "cursor":
+            consumer, positions = op.payload  # type: ignore[misc]
+            db.executemany(
+                "INSERT INTO cursors(consumer, prio, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT(consumer, prio) DO UPDATE SET seq=max(seq, excluded.seq)",
+                [(consumer, int(p), int(s)) for p, s in positions.items()])
+            return None
+        if op.kind == "register":
+            consumer, start = op.payload  # type: ignore[misc]
+            exists = db.execute("SELECT 1 FROM cursors WHERE consumer=? LIMIT 1", (consumer,)).fetchone()
+            if not exists:
+                seq = self._last_seq if start == "latest" else 0
+                db.executemany("INSERT INTO cursors(consumer, prio, seq) VALUES (?, ?, ?)",
+                               [(consumer, int(p), seq) for p in Priority])
+            return None
+        if op.kind == "drop":
+            db.execute("DELETE FROM cursors WHERE consumer=?", (op.payload,))
+            return None
+        if op.kind == "quarantine":
+            cur = db.execute("INSERT INTO quarantine(ts, source, device_id, reason, payload, meta) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", op.payload)  # type: ignore[arg-type]
+            self._count_in_tx("quarantined", 1)
+            return cur.lastrowid
+        if op.kind == "qstate":
+            qids, state = op.payload  # type: ignore[misc]
+            before = db.total_changes
+            db.executemany("UPDATE quarantine SET state=? WHERE qid=?", [(state, q) for q in qids])
+            return db.total_changes - before
+        if op.kind == "bump":
+            name, by = op.payload  # type: ignore[misc]
+            self._count_in_tx(name, by)
+            return None
+        if op.kind == "maint":
+            return None
+        raise ValueError(op.kind)
+
+    def _count_in_tx(self, name: str, by: int) -> None:
+        self._db.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
+                         "ON CONFLICT(name) DO UPDATE SET value=value+excluded.value", (name, by))
+        self._counters[name] = self._counters.get(name, 0) + by
+
+    # ---------------------------------------------------------------- maintenance
+    def used_bytes(self, db: sqlite3.Connection | None = None) -> int:
+        """Bytes the log's live pages take (what the disk cap is measured against)."""
+        db = db or self._reader()
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        count = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (count - free) * page
+
+    def _enforce_cap(self, group: list[_Op]) -> None:
+        """Before committing appends over the cap: evict, or refuse if nothing may go."""
+        assert self.disk_cap
+        incoming = sum(op.size * 300 for op in group if op.kind == "append")
+        used = self.used_bytes(self._db)
+        if used + incoming <= self.disk_cap:
+            return
+        target = int(self.disk_cap * 0.9) - incoming
+        self._db.execute("BEGIN IMMEDIATE")
+        evicted: dict[str, int] = {}
+        try:
+            for prio in sorted((p for p in Priority if p not in PROTECTED), reverse=True):
+                while used > target:
+                    rows = self._db.execute(
+                        "SELECT seq FROM log WHERE prio=? ORDER BY seq LIMIT 2000", (int(prio),)).fetchall()
+                    if not rows:
+                        break
+                    self._db.execute("DELETE FROM log WHERE prio=? AND seq<=?", (int(prio), rows[-1][0]))
+                    evicted[prio.label] = evicted.get(prio.label, 0) + len(rows)
+                    used = self.used_bytes(self._db)
+                if used <= target:
+                    break
+            total = sum(evicted.values())
+            if total:
+                self._count_in_tx("evicted", total)
+                alarm = Record.make("hub_alarm", self.hub_id, now_ns(),
+                                    {"event": "log_eviction", "evicted": total,
+                                     "message": f"disk cap reached: evicted {total} records"},
+                                    priority=Priority.ALARM, source="hub",
+                                    key=f"evict-{now_ns()}")
+                self._db.execute("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)",
+                                 (alarm.id, int(alarm.priority), orjson.dumps(_body(alarm))))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        if evicted:
+            total = sum(evicted.values())
+            self.stats["evicted"] += total
+            detail = ", ".join(f"{k} {v}" for k, v in evicted.items())
+            self.oplog.write("warning", "log_eviction",
+                             f"disk cap {self.disk_cap} bytes reached: evicted {total} oldest "
+                             f"low-priority records ({detail})",
+                             f"达到磁盘上限 {self.disk_cap} 字节：已淘汰 {total} 条最旧的低优先级记录（{detail}）",
+                             evicted=evicted)
+        if used + incoming > self.disk_cap:
+            self.stats["disk_full"] += 1
+            self.oplog.write("error", "disk_cap_full",
+                             f"disk cap {self.disk_cap} bytes reached and only alarm/command "
+                             "records remain: refusing new records",
+                             "达到磁盘上限且只剩告警/指令记录：拒绝写入新记录")
+            raise DiskFullError(
+                f"log {self.path}: disk cap of {self.disk_cap} bytes reached; only alarm and "
+                "command records remain, which are never evicted")
+
+    def _maintain(self, *, chunk: int = 2000, budget: float | None = 0.01) -> bool:
+        """Delete what every consumer has passed, in small transactions, and checkpoint the WAL.
+
+        Appends wait while the writer compacts, so each pass deletes at most ``chunk`` rows
+        per transaction and stops after ``budget`` seconds or as soon as appends are queued;
+        returns True when everything passed has gone (the caller comes back soon otherwise).
+        """
+        started = time.monotonic()
+        try:
+            rows = self._db.execute("SELECT prio, min(seq) FROM cursors GROUP BY prio").fetchall()
+            for prio, low in rows:
+                while True:
+                    n = self._db.execute(
+                        "DELETE FROM log WHERE seq IN (SELECT seq FROM log WHERE prio=? AND seq<=? "
+                        "ORDER BY seq LIMIT ?)", (prio, low, chunk)).rowcount
+                    self.stats["compacted"] += n
+                    if n < chunk:
+                        break
+                    if budget is not None and (self._ops or time.monotonic() - started > budget):
+                        return False
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            self.oplog.write("warning", "log_maintenance_failed", f"log compaction failed: {exc}",
+                             f"日志整理失败：{exc}")
+        return True
+
+    def compact(self) -> None:
+        """Run compaction now (it also runs every ``compact_interval`` seconds)."""
+        self._submit("maint", None, None, None)
+
+    # ---------------------------------------------------------------- reading
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+        return conn
+
+    def cursor(self, consumer: str, *, start: str = "earliest") -> "Cursor":
+        self.register_consumer(consumer, start)
+        return Cursor(self, consumer)
+
+    def positions(self, consumer: str) -> dict[int, int]:
+        rows = self._reader().execute("SELECT prio, seq FROM cursors WHERE consumer=?", (consumer,))
+        return {p: s for p, s in rows}
+
+    def wait_for_data(self, after_seq: int, timeout: float) -> bool:
+        """Block until a commit has happened after ``after_seq`` or timeout."""
+        with self._changed:
+            if self._last_seq > after_seq:
+                return True
+            self._changed.wait(timeout)
+            return self._last_seq > after_seq
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._ops.append(None)
+        self._wake.set()
+        self._writer.join()
+        self._db.close()
+        with self._changed:
+            self._changed.notify_all()
+
+
+class Cursor:
+    """One consumer's view of the log: read by priority, commit what the destination accepted."""
+
+    def __init__(self, log: DurableLog, name: str) -> None:
+        self.log, self.name = log, name
+        self._seen = 0
+
+    def read(self, limit: int = 1000, classes: Iterable[Priority] | None = None,
+             after: dict[int, int] | None = None) -> list[Entry]:
+        """Up to ``limit`` records past the cursor, most urgent class first, oldest first.
+
+        ``after`` overrides the stored positions (for consumers with records in flight).
+        """
+        db = self.log._reader()
+        pos = after if after is not None else self.log.positions(self.name)
+        self._seen = self.log.last_seq
+        out: list[Entry] = []
+        for prio in sorted(classes if classes is not None else Priority):
+            if len(out) >= limit:
+                break
+            rows = db.execute("SELECT seq, body FROM log WHERE prio=? AND seq>? ORDER BY seq LIMIT ?",
+                              (int(prio), pos.get(int(prio), 0), limit - len(out))).fetchall()
+            for seq, body in rows:
+                out.append(Entry(seq, decode(body, prio)))
+        return out
+
+    def commit(self, entries: Sequence[Entry]) -> None:
+        """Advance past ``entries`` (a prefix of what ``read`` returned, per class)."""
+        if not entries:
+            return
+        top: dict[int, int] = {}
+        for e in entries:
+            p = int(e.record.priority)
+            if e.seq > top.get(p, 0):
+                top[p] = e.seq
+        self.log.commit_cursor(self.name, top)
+
+    def wait(self, timeout: float) -> bool:
+        return self.log.wait_for_data(self._seen, timeout)
+
+    def backlog(self) -> dict[str, int]:
+        return self.log.backlog(self.name)
+
+
+def backlog(db: sqlite3.Connection, consumer: str) -> dict[str, int]:
+    """Records not yet passed by ``consumer``, per priority class."""
+    out: dict[str, int] = {}
+    for prio, seq in db.execute("SELECT prio, seq FROM cursors WHERE consumer=?", (consumer,)).fetchall():
+        n = db.execute("SELECT count(*) FROM log WHERE prio=? AND seq>?", (prio, seq)).fetchone()[0]
+        out[Priority(prio).label] = n
+    return out
+
+
+def _body(r: Record) -> dict:
+    """The stored form of a record (orjson of this dict). The InfluxDB sink's C encoder
+    (fieldhub/sinks/influx/_lpenc.c) reads these keys straight from the bytes: change both together."""
+    return {"k": r.kind, "d": r.device_id, "t": r.ts, "f": r.fields, "g": r.tags, "s": r.source, "i": r.id}
+
+
+def decode(body: bytes, prio: int) -> Record:
+    """The Record a ``log`` row holds (its ``body`` and ``prio`` columns)."""
+    d = orjson.loads(body)
+    return Record(d["k"], d["d"], d["t"], d["f"], d["g"], Priority(prio), d["s"], d["i"])

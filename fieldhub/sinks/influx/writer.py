@@ -1,0 +1,629 @@
+"""The InfluxDB sink: every record of the durable log as a point in InfluxDB, through outages.
+
+``InfluxSink`` encodes records (``lineproto``) and posts them (``influx_http``); a batch the
+server refuses as bad data (400/413/422) is split in halves until the bad points are alone,
+and those are quarantined with the server's message while the rest is written.
+``InfluxWriter`` is the hub component: it reads the log through the ``influx`` cursor in
+batches (by size and time), keeps up to ``concurrency`` batches in flight, retries with a
+capped jittered backoff on 5xx, timeouts and lost connections, and advances the cursor only
+over the batches the server accepted, in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
+
+import orjson
+
+from fieldhub.core.config import Duration
+from fieldhub.core.consumer import Backoff
+from fieldhub.sinks.influx.http import InfluxWriteError, Transport, V1Transport, V2Transport
+from fieldhub.sinks.influx.lineproto import SAME_TS_POLICIES, Encoder
+from fieldhub.core.log import DurableLog, decode
+from fieldhub.core.oplog import OpLog
+from fieldhub.core.records import Priority, Record
+
+NAME = "influx"
+QUARANTINE_COUNTER = "influx_quarantined"
+#: seconds between idle health probes (GET /ping) when there is nothing to write
+PROBE_INTERVAL = 30.0
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    """[influx] the InfluxDB sink (schema in docs/influxdb.md); an empty url disables it."""
+
+    #: server URL, e.g. http://127.0.0.1:8086 ("" = no InfluxDB sink)
+    url: str = ""
+    #: "v2": the v2 write API via influxdb-client (InfluxDB 2.x/3.x, 1.8+, VictoriaMetrics);
+    #: "v1": POST /write (InfluxDB 1.x)
+    mode: str = "v2"
+    #: v2: API token
+    token: str = ""
+    #: v2: organisation
+    org: str = ""
+    #: v2: bucket
+    bucket: str = "fieldhub"
+    #: v1: database
+    database: str = "fieldhub"
+    #: v1: retention policy ("" = the database's default)
+    retention_policy: str = ""
+    #: v1: user name ("" = no authentication)
+    username: str = ""
+    #: v1: password
+    password: str = ""
+    #: v1: create the database when the server says it does not exist
+    create_database: bool = True
+    #: points per write request
+    batch_size: int = 5000
+    #: a partial batch is written once its oldest record waited this long (alarms go at once)
+    batch_time: Duration = Duration(1.0)
+    #: write requests in flight at once
+    concurrency: int = 2
+    #: gzip request bodies (worth it over satellite links; costs CPU on a local server)
+    gzip: bool = True
+    #: gzip level 1 (fast) .. 9 (small)
+    gzip_level: int = 6
+    #: per-request timeout
+    timeout: Duration = Duration(10.0)
+    #: first retry delay after a failed write (doubles, with jitter, up to retry_max)
+    retry_initial: Duration = Duration(0.5)
+    #: longest retry delay
+    retry_max: Duration = Duration(60.0)
+    #: two records of one series at the same timestamp: "nudge" keeps both (offset below the
+    #: timestamp's precision), "overwrite" keeps the last
+    same_timestamp: str = "nudge"
+    #: where a new influx cursor starts: "earliest" (everything in the log) or "latest"
+    start: str = "earliest"
+    #: https: CA certificate file (PEM) to trust ("" = the system's CAs)
+    tls_ca: str = ""
+    #: https: verify the server's certificate (false only for testing)
+    tls_verify: bool = True
+
+    def validate(self) -> None:
+        if self.mode not in ("v1", "v2"):
+            raise ValueError(f"mode {self.mode!r}: expected v1 or v2")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url {self.url!r}: expected http://HOST:PORT or https://HOST:PORT")
+        if self.mode == "v2" and self.url and not self.bucket:
+            raise ValueError("mode v2 needs a bucket")
+        if self.mode == "v1" and self.url and not self.database:
+            raise ValueError("mode v1 needs a database")
+        if self.batch_size < 1 or self.concurrency < 1:
+            raise ValueError("batch_size and concurrency must be at least 1")
+        if not 1 <= self.gzip_level <= 9:
+            raise ValueError("gzip_level must be 1..9")
+        if self.same_timestamp not in SAME_TS_POLICIES:
+            raise ValueError(f"same_timestamp {self.same_timestamp!r}: expected nudge or overwrite")
+        if self.start not in ("earliest", "latest"):
+            raise ValueError(f"start {self.start!r}: expected earliest or latest")
+        if self.tls_ca and not os.path.isfile(self.tls_ca):
+            raise ValueError(f"tls_ca {self.tls_ca!r}: no such file")
+
+
+def make_transport(cfg: InfluxConfig) -> Transport:
+    level = cfg.gzip_level if cfg.gzip else 0
+    pool = max(2, cfg.concurrency + 1)
+    if cfg.mode == "v1":
+        return V1Transport(cfg.url, cfg.database, retention_policy=cfg.retention_policy,
+                           username=cfg.username, password=cfg.password, gzip_level=level,
+                           timeout=cfg.timeout, pool_size=pool, create_database=cfg.create_database,
+                           tls_ca=cfg.tls_ca, tls_verify=cfg.tls_verify)
+    return V2Transport(cfg.url, cfg.token, cfg.org, cfg.bucket, gzip_level=level,
+                       timeout=cfg.timeout, pool_size=pool, tls_ca=cfg.tls_ca, tls_verify=cfg.tls_verify)
+
+
+#: a record as the sink holds it: a Record, or a (priority, log body) pair straight from the log
+Ref = Any
+
+try:  # the C encoder (fieldhub/_lpenc.c), built by pip install; without it Python does it all
+    from fieldhub.sinks.influx import _lpenc
+except ImportError:  # pragma: no cover - a source tree nobody built
+    _lpenc = None
+
+
+def _record_of(ref: Ref) -> Record:
+    if isinstance(ref, Record):
+        return ref
+    return decode(ref[1], ref[0])
+
+
+@dataclass
+class Chunk:
+    """Records of one priority class read from the log for the sink: their stored bodies
+    (JSON, which never holds a raw newline) joined by newlines, oldest first."""
+
+    prio: int
+    bodies: bytes
+    count: int
+
+    def refs(self) -> list[tuple[int, bytes]]:
+        """The records as ``(priority, body)`` pairs."""
+        if self.count == 1:  # one body, which may be a damaged one with a newline in it
+            return [(self.prio, self.bodies)]
+        return [(self.prio, body) for body in self.bodies.split(b"\n")]
+
+
+def _refs(chunks: Sequence[Chunk]) -> list[tuple[int, bytes]]:
+    return [ref for chunk in chunks for ref in chunk.refs()]
+
+
+def read_rows(log: DurableLog, after: dict[int, int], limit: int) -> tuple[list[Chunk], dict[int, int]]:
+    """Like ``Cursor.read`` (most urgent class first, oldest first, past ``after``) but returns
+    the stored bodies as they are, one ``Chunk`` per class, and the last seq read per class —
+    the sink's hot path: SQLite joins the bodies, so no Python object is made per record.
+    Reads the log's own table (``fieldhub.core.log``)."""
+    db = log._reader()
+    out: list[Chunk] = []
+    top: dict[int, int] = {}
+    total = 0
+    for prio in Priority:
+        if total >= limit:
+            break
+        p = int(prio)
+        args = (p, after.get(p, 0), limit - total)
+        # one statement, so the count, the last seq and the bodies are one snapshot
+        n, last, bodies = db.execute(
+            "SELECT count(*), max(seq), CAST(group_concat(body, x'0a') AS BLOB) FROM "
+            "(SELECT seq, body FROM log WHERE prio=? AND seq>? ORDER BY seq LIMIT ?)", args).fetchone()
+        if not n:
+            continue
+        if bodies.count(b"\n") != n - 1:  # a damaged body with a newline in it: one by one
+            rows = db.execute("SELECT body FROM log WHERE prio=? AND seq>? AND seq<=? ORDER BY seq",
+                              (p, args[1], last)).fetchall()
+            out += [Chunk(p, _as_bytes(body), 1) for (body,) in rows]
+        else:
+            out.append(Chunk(p, bodies, n))
+        top[p] = last
+        total += n
+    return out, top
+
+
+def _as_bytes(body: object) -> bytes:
+    """A damaged row's body as bytes (the encoders quarantine what they cannot read)."""
+    if isinstance(body, bytes):
+        return body
+    return body.encode("utf-8", "replace") if isinstance(body, str) else b""
+
+
+@dataclass
+class Payload:
+    """One batch ready to post: its lines joined, and the chunks they came from (a batch the
+    server rejects is encoded again line by line to find the bad points)."""
+
+    body: bytes
+    lines: int
+    chunks: Sequence[Chunk]
+
+
+class InfluxSink:
+    """A Sink (see ``fieldhub.core.consumer``): ``write`` returns once every record is in InfluxDB
+    or quarantined; raises InfluxWriteError for "nothing certain, retry"."""
+
+    name = NAME
+
+    def __init__(self, transport: Transport, log: DurableLog, *, hub_id: str = "",
+                 same_timestamp: str = "nudge",
+                 tags_for: Callable[[str], Mapping[str, str]] | None = None) -> None:
+        self.transport = transport
+        self.log = log
+        self.encoder = Encoder(hub_id, same_timestamp=same_timestamp, tags_for=tags_for)
+        self.quarantined = 0
+        self.requests = 0
+        self._recent_bad: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._tags_at = time.monotonic()
+        #: series part of the line by raw (kind, device, tags) JSON text, for the C encoder
+        self._series: dict[bytes, bytes] = {}
+        #: "c" (fieldhub/_lpenc.c) or "python"; shown in status
+        self.encoder_name = "python" if _lpenc is None else "c"
+
+    def _refresh_tags(self) -> None:
+        now = time.monotonic()
+        if now - self._tags_at > 60 or len(self._series) > 100_000:  # tags may have changed
+            self.encoder.forget()
+            self._series.clear()
+            self._tags_at = now
+
+    def _series_of(self, kind: bytes, device_id: bytes, tags: bytes) -> bytes | None:
+        """The series part for the C encoder; None hands the record back (damaged tags)."""
+        loads = orjson.loads
+        try:
+            return self.encoder.series_key(loads(kind), loads(device_id), loads(tags)).encode()
+        except (ValueError, TypeError, AttributeError):
+            return None
+
+    def encode(self, records: Sequence[Record]) -> list[tuple[Ref, bytes]]:
+        """Lines for the records; a record with nothing writable is quarantined here."""
+        self._refresh_tags()
+        out = []
+        for r in records:
+            line = self.encoder.line(r.kind, r.device_id, r.ts, r.fields, r.tags, r.id)
+            self._keep(out, r, r.id, line)
+        return out
+
+    def encode_rows(self, chunks: Sequence[Chunk]) -> Payload:
+        """One batch from ``read_rows`` (the hot path): the C encoder writes the lines straight
+        from the log bodies and hands back what it leaves to Python (records to quarantine or
+        skip, shapes it does not take)."""
+        self._refresh_tags()
+        if _lpenc is None:
+            items = self._encode_refs(_refs(chunks))
+            return Payload(b"\n".join([line for _, line in items]), len(items), chunks)
+        parts: list[bytes] = []
+        count = 0
+        for chunk in chunks:
+            body, n, handed = _lpenc.encode(chunk.bodies, self._series, self._series_of,
+                                            self.encoder.nudge, self._recent_bad or None)
+            if n + len(handed) != chunk.count:  # a damaged body holding a newline: Python's
+                n, handed = 0, range(chunk.count)
+            if n:
+                parts.append(body)
+                count += n
+            if handed:
+                refs = chunk.refs()
+                extra = [line for _, line in self._encode_refs([refs[i] for i in handed])]
+                parts += extra
+                count += len(extra)
+        return Payload(parts[0] if len(parts) == 1 else b"\n".join(parts), count, chunks)
+
+    def _encode_refs(self, rows: Sequence[tuple]) -> list[tuple[Ref, bytes]]:
+        """The Python encoder over log rows (what the C encoder hands back, and a rejected batch)."""
+        out: list[tuple[Ref, bytes]] = []
+        line_of = self.encoder.line
+        loads = orjson.loads
+        for ref in rows:
+            try:
+                d = loads(ref[1])
+                rid = d["i"]
+                line = line_of(d["k"], d["d"], d["t"], d["f"], d["g"], rid)
+                if line is None:  # quarantined as the record it must then read as
+                    ref = _record_of(ref)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a damaged row
+                self._unreadable(ref, exc)
+                continue
+            self._keep(out, ref, rid, line)
+        return out
+
+    def _unreadable(self, ref: tuple, exc: Exception) -> None:
+        """A log row that is not a record (damaged on disk): quarantined, the stream goes on."""
+        self._hold("row:" + hashlib.blake2b(ref[1], digest_size=10).hexdigest(),
+                   f"unreadable log record ({type(exc).__name__}: {exc}) / 日志记录无法解析", bytes(ref[1]),
+                   meta={"priority": ref[0]})
+
+    def _keep(self, out: list, ref: Ref, rid: str, line: bytes | None) -> None:
+        if rid in self._recent_bad:
+            return
+        if line is None:
+            r = _record_of(ref)
+            self._quarantine(ref, orjson.dumps(dict(r.fields)), "no field InfluxDB can store "
+                             "(only inf/nan values) / 没有可写入的字段", 0)
+            return
+        out.append((ref, line))
+
+    def write(self, records: Sequence[Record]) -> None:
+        self.send(self.encode(records))
+
+    def send(self, batch: Payload | Sequence[tuple[Ref, bytes]]) -> None:
+        """Post a batch; on a data rejection split it until the bad points are isolated."""
+        if isinstance(batch, Payload):
+            if not batch.lines:
+                return
+            try:
+                self.requests += 1
+                self.transport.post(batch.body)
+                return
+            except InfluxWriteError as exc:
+                if not exc.rejected:
+                    raise
+                self._isolate(self._encode_refs(_refs(batch.chunks)), exc)  # the same lines, one per record
+                return
+        self._send_items(batch)
+
+    def _send_items(self, items: Sequence[tuple[Ref, bytes]]) -> None:
+        if not items:
+            return
+        try:
+            self.requests += 1
+            self.transport.post(b"\n".join([line for _, line in items]))
+        except InfluxWriteError as exc:
+            if not exc.rejected:
+                raise
+            self._isolate(items, exc)
+
+    def _isolate(self, items: Sequence[tuple[Ref, bytes]], exc: InfluxWriteError) -> None:
+        """The server refused these lines as bad data: quarantine a lone one, else halve and retry."""
+        if len(items) == 1:
+            ref, line = items[0]
+            self._quarantine(ref, line, exc.server_message, exc.status)
+            return
+        mid = len(items) // 2
+        self._send_items(items[:mid])
+        self._send_items(items[mid:])
+
+    def _quarantine(self, ref: Ref, line: bytes, message: str, status: int) -> None:
+        record = _record_of(ref)
+        self._hold(record.id, message, line, device_id=record.device_id,
+                   meta={"record_id": record.id, "kind": record.kind, "ts": record.ts, "status": status})
+
+    def _hold(self, key: str, message: str, data: bytes, *, device_id: str | None = None,
+              meta: dict[str, Any]) -> None:
+        """Quarantine once per ``key`` (a retried batch meets the same bad records again)."""
+        with self._lock:
+            if key in self._recent_bad:
+                return
+            self._recent_bad[key] = None
+            if len(self._recent_bad) > 10_000:
+                self._recent_bad.popitem(last=False)
+        self.log.quarantine(NAME, message, data, device_id=device_id,
+                            meta={**meta, "mode": self.transport.mode, "target": self.transport.target})
+        self.log.bump(QUARANTINE_COUNTER)
+        self.quarantined += 1
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+@dataclass
+class _Batch:
+    top: dict[int, int]
+    count: int
+    payload: Payload
+    future: Future | None = None
+
+
+def _local(ts_ns: int | None) -> str:
+    if not ts_ns:
+        return "-"
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+
+
+class InfluxWriter:
+    """The hub component that drives an InfluxSink from the log (see the module docstring)."""
+
+    name = NAME
+
+    def __init__(self, log: DurableLog, sink: InfluxSink, cfg: InfluxConfig, *,
+                 oplog: OpLog | None = None) -> None:
+        self.log, self.sink, self.cfg = log, sink, cfg
+        self.oplog = oplog or OpLog(None)
+        self.cursor = log.cursor(NAME, start=cfg.start)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="influx-post")
+        # cursor commits wait for an fsync: done in order on their own thread, off the hot path
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-commit")
+        self.written = 0
+        self.batches = 0
+        self.errors = 0
+        self.last_success: int | None = None
+        self.last_error: str | None = None
+        self.last_error_at: int | None = None
+        self.failing_since: float | None = None
+        self._failures = 0
+        self._last_warned = 0.0
+        self._probed = self._last_activity = time.monotonic() - PROBE_INTERVAL  # probe at start
+        #: what the last idle probe (GET /ping) found; writes update it too
+        self.server = "not yet contacted"
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="influx-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._pool.shutdown(wait=True)
+        self._committer.shutdown(wait=True)
+        self.sink.close()
+
+    # ------------------------------------------------------------------ the loop
+    def _run(self) -> None:
+        """Run the loop; should anything unforeseen break it, say so and start it again."""
+        while not self._stop.is_set():
+            try:
+                self._loop()
+                return
+            except Exception as exc:  # noqa: BLE001 - the sink must outlive any one failure
+                self._failed(exc)
+                self.oplog.write("error", "influx_writer_restarted",
+                                 f"influx: writer loop failed ({exc!r}); restarting it in 5 s",
+                                 f"influx：写入循环出错（{exc!r}），5 秒后重启")
+                self._stop.wait(5.0)
+
+    def _loop(self) -> None:
+        backoff = Backoff(self.cfg.retry_initial, self.cfg.retry_max)
+        inflight: collections.deque[_Batch] = collections.deque()
+        after = self.log.positions(NAME)
+        pending_since: float | None = None
+        # the next batch, read and encoded while the slots are full, so a slot never waits for it
+        ready: _Batch | None = None
+        while True:
+            # settle finished batches, oldest first; the cursor moves over accepted ones only
+            while inflight and inflight[0].future.done():
+                batch = inflight.popleft()
+                exc = batch.future.exception()
+                if exc is None:
+                    self._accepted(batch)
+                    backoff.reset()
+                    continue
+                for other in inflight:  # let later batches finish; they are sent again (idempotent)
+                    other.future.exception()
+                inflight.clear()
+                ready = None  # read again from the cursor, like everything after the failure
+                self._committer.submit(lambda: None).result()  # earlier commits are durable
+                after = self.log.positions(NAME)
+                self._failed(exc)
+                delay = backoff.next()
+                retry_after = getattr(exc, "retry_after", None)
+                if retry_after:
+                    delay = min(max(delay, retry_after), self.cfg.retry_max)
+                self._stop.wait(delay)
+            if self._stop.is_set():
+                for batch in inflight:  # finish what is in flight; commit the accepted prefix
+                    if batch.future.exception() is not None:
+                        break
+                    self._accepted(batch)
+                return
+            if ready is not None:
+                if len(inflight) >= self.cfg.concurrency:
+                    self._wait_first(inflight)
+                    continue
+                ready.future = self._pool.submit(self.sink.send, ready.payload)
+                inflight.append(ready)
+                ready = None
+                continue
+            seen = self.log.last_seq
+            try:
+                rows, top = read_rows(self.log, after, self.cfg.batch_size)
+            except (sqlite3.Error, ValueError) as exc:  # a busy or damaged log: try again
+                self._failed(exc)
+                self._stop.wait(backoff.next())
+                continue
+            if not rows:
+                pending_since = None
+                if inflight:
+                    self._wait_first(inflight)
+                else:
+                    self._probe_if_idle()
+                    self.log.wait_for_data(seen, 0.5)
+                continue
+            count = sum(chunk.count for chunk in rows)
+            if count < self.cfg.batch_size and rows[0].prio > int(Priority.COMMAND):
+                now = time.monotonic()
+                if pending_since is None:
+                    pending_since = now
+                if now - pending_since < self.cfg.batch_time:
+                    # let a partial batch fill for up to batch_time (alarms and commands go at once)
+                    if inflight:
+                        self._wait_first(inflight)
+                    else:
+                        self._stop.wait(self.cfg.batch_time - (now - pending_since))
+                    continue
+            pending_since = None
+            try:
+                items = self.sink.encode_rows(rows)
+            except Exception as exc:  # noqa: BLE001 - e.g. the log refused a quarantine: retry later
+                self._failed(exc)
+                self._stop.wait(backoff.next())
+                continue
+            after.update(top)
+            ready = _Batch(top, count, items)
+
+    def _probe_if_idle(self) -> None:
+        """With nothing to write, ping the server now and then so status shows an outage early."""
+        now = time.monotonic()
+        if now - self._probed < PROBE_INTERVAL or now - self._last_activity < PROBE_INTERVAL:
+            return
+        self._probed = now
+        try:
+            self.sink.transport.ping()
+            self.server = "reachable"
+        except InfluxWriteError as exc:
+            self.server = f"unreachable: {exc}"
+
+    def _wait_first(self, inflight: collections.deque[_Batch]) -> None:
+        try:
+            inflight[0].future.exception(timeout=0.5)
+        except TimeoutError:
+            pass
+
+    def _commit(self, top: dict[int, int]) -> None:
+        try:
+            self.log.commit_cursor(NAME, top)
+        except Exception as exc:  # noqa: BLE001 - the batch is sent again later: idempotent
+            self._failed(exc)
+
+    def _accepted(self, batch: _Batch) -> None:
+        self._committer.submit(self._commit, batch.top)
+        self._last_activity = time.monotonic()
+        self.server = "reachable"
+        self.written += batch.count
+        self.batches += 1
+        self.last_success = time.time_ns()
+        if self.failing_since is not None:
+            down = time.monotonic() - self.failing_since
+            self.oplog.write("info", "influx_recovered",
+                             f"influx: writes to {self.sink.transport.target} resumed after "
+                             f"{self._failures} failed attempts ({down:.0f}s)",
+                             f"influx：写入已恢复（失败 {self._failures} 次，{down:.0f} 秒）",
+                             failures=self._failures, seconds=round(down, 1))
+            self.failing_since = None
+            self._failures = 0
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self._failures += 1
+        self.last_error = str(exc)
+        self.last_error_at = time.time_ns()
+        self._last_activity = time.monotonic()
+        self.server = f"write failing: {exc}"
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        if now - self._last_warned >= 60 or self._failures == 1:
+            self._last_warned = now
+            hint = ""
+            if isinstance(exc, InfluxWriteError) and exc.auth:
+                hint = " — check credentials/permissions (fieldhub influx check)"
+            self.oplog.write("warning", "influx_write_failed",
+                             f"influx: write to {self.sink.transport.target} failed ({exc}){hint}; "
+                             f"retrying, nothing is lost",
+                             f"influx：写入失败（{exc}），正在重试，数据不会丢失",
+                             attempts=self._failures)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        by_class = self.cursor.backlog()
+        state = "retrying" if self.failing_since is not None else "ok"
+        return {
+            "mode": self.sink.transport.mode,
+            "target": self.sink.transport.target,
+            "state": state,
+            "server": self.server,
+            "backlog": sum(by_class.values()),
+            "written": self.written,
+            "batches": self.batches,
+            "quarantined": self.log.counters().get(QUARANTINE_COUNTER, 0),
+            "errors": self.errors,
+            "last_success": _local(self.last_success),
+            "last_error": self.last_error or "-",
+            "last_error_at": _local(self.last_error_at),
+            "detail": {"backlog_by_class": by_class, "last_success_ns": self.last_success,
+                       "last_error_ns": self.last_error_at, "requests": self.sink.requests,
+                       "encoder": self.sink.encoder_name},
+        }
+
+
+def build(ctx: Any) -> InfluxWriter | None:
+    """Hub component builder (``COMPONENTS``): None when no ``[influx] url`` is set."""
+    cfg: InfluxConfig = ctx.config.section("influx")
+    if not cfg.url:
+        return None
+    registry = ctx.registry
+    cache: dict[str, tuple[float, dict[str, str]]] = {}
+
+    def tags_for(device_id: str) -> dict[str, str]:
+        hit = cache.get(device_id)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < 60:
+            return hit[1]
+        dev = registry.get(device_id)
+        tags = dev.tags() if dev is not None else {}
+        cache[device_id] = (now, tags)
+        return tags
+
+    sink = InfluxSink(make_transport(cfg), ctx.log, hub_id=ctx.hub_id,
+                      same_timestamp=cfg.same_timestamp, tags_for=tags_for)
+    return InfluxWriter(ctx.log, sink, cfg, oplog=ctx.oplog)

@@ -1,0 +1,101 @@
+"""The local store: the embedded default sink, a SQLite time series queryable by kind, device, time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import orjson
+
+from fieldhub.core.errors import StorageError
+from fieldhub.core.log import connect
+from fieldhub.core.records import Priority, Record
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS points(
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    tags TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS points_kind_ts ON points(kind, ts);
+CREATE INDEX IF NOT EXISTS points_device_ts ON points(device_id, ts);
+"""
+
+
+class LocalStore:
+    """Records by id (idempotent inserts), indexed by kind/time and device/time."""
+
+    name = "store"
+
+    def __init__(self, path: Path | str, *, retention: float | None = None, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.retention = retention
+        if readonly and not self.path.exists():
+            raise StorageError(f"no local store at {self.path} (has the hub run with this data dir?)")
+        self._db = connect(self.path, readonly=readonly)
+        if not readonly:
+            self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._last_purge = 0.0
+
+    def write(self, records: Sequence[Record]) -> None:
+        rows = [(r.id, r.kind, r.device_id, r.ts, int(r.priority), r.source,
+                 orjson.dumps(r.fields).decode(), orjson.dumps(r.tags).decode()) for r in records]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if self.retention and time.monotonic() - self._last_purge > 60:
+            self.purge()
+
+    def purge(self, now_ns: int | None = None) -> int:
+        """Delete records older than the retention period; returns how many went."""
+        if not self.retention:
+            return 0
+        cutoff = (now_ns or time.time_ns()) - int(self.retention * 1e9)
+        with self._lock:
+            n = self._db.execute("DELETE FROM points WHERE ts < ?", (cutoff,)).rowcount
+        self._last_purge = time.monotonic()
+        return n
+
+    def query(self, kind: str | None = None, *, device: str | None = None, since: int | None = None,
+              until: int | None = None, limit: int | None = None, order: str = "asc") -> Iterator[Record]:
+        """Records matching kind/device within [since, until) (ns), oldest first."""
+        where, args = [], []
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        if device:
+            where.append("device_id = ?")
+            args.append(device)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            args.append(until)
+        sql = "SELECT id, kind, device_id, ts, priority, source, fields, tags FROM points"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY ts {'DESC' if order == 'desc' else 'ASC'}, id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        for rid, kind_, dev, ts, prio, source, fields, tags in self._db.execute(sql, args):
+            yield Record(kind_, dev, ts, orjson.loads(fields), orjson.loads(tags), Priority(prio), source, rid)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT kind, count(*) FROM points GROUP BY kind ORDER BY kind"))
+
+    def close(self) -> None:
+        self._db.close()

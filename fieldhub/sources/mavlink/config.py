@@ -1,0 +1,116 @@
+"""The ``[mavlink]`` config section and MAVLink 2 signing keys (inline or from a keystore file)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fieldhub.core.config import Duration, Size
+from fieldhub.core.errors import ConfigError
+
+
+def _default_rates() -> dict[str, float]:
+    from drivers.mavlink import DEFAULT_RATES
+
+    return dict(DEFAULT_RATES)
+
+
+@dataclass(frozen=True)
+class MavlinkConfig:
+    """[mavlink] drones over MAVLink: endpoints, ground-station forwarding, signing, tlogs, commands."""
+
+    #: where drones are: "udpin:0.0.0.0:14550", "udpout:HOST:PORT", "tcp:HOST:5760", "tcpin:0.0.0.0:5760", "serial:/dev/ttyUSB0:57600" (several allowed; [] = MAVLink off)
+    endpoints: list[str] = field(default_factory=list)
+    #: ground stations the raw stream is forwarded to, and whose commands go back to the drones (e.g. "udpout:192.168.1.20:14550", "udpin:0.0.0.0:14551")
+    forward: list[str] = field(default_factory=list)
+    #: system id -> device id, e.g. {1 = "uav-wuhan-01"}; unlisted drones are "drone-<sysid>"
+    drones: dict[str, str] = field(default_factory=dict)
+    #: device id -> MAVLink 2 signing key: 64 hex digits, or a passphrase (SHA-256, as MAVProxy/QGC); such drones must sign everything
+    signing_keys: dict[str, str] = field(default_factory=dict)
+    #: TOML file with more "device id = key" lines (keep keys out of the main config; mode 0600)
+    keystore: str = ""
+    #: a drone is offline when no HEARTBEAT came for this long
+    heartbeat_timeout: Duration = Duration(5.0)
+    #: records per second per kind into the log (0 = every message); the raw stream always goes to the tlog
+    rates: dict[str, float] = field(default_factory=_default_rates)
+    #: where the rotating .tlog files go ("" = <data_dir>/tlog)
+    tlog_dir: str = ""
+    #: start a new tlog file past this size
+    tlog_max_file: Size = Size(16 * 1024**2)
+    #: delete the oldest tlogs past this total
+    tlog_max_total: Size = Size(512 * 1024**2)
+    #: the hub's own MAVLink system id (commands come from it; 255 is usually the pilot's GCS)
+    system_id: int = 254
+    #: wait this long for a COMMAND_ACK before resending with confirmation+1
+    command_timeout: Duration = Duration(1.0)
+    #: total sends of a command before giving up
+    command_attempts: int = 5
+    #: after IN_PROGRESS, wait this long for the final result
+    command_progress_timeout: Duration = Duration(30.0)
+
+    def validate(self) -> None:
+        from fieldhub.sources.mavlink.endpoints import EndpointSpec
+
+        for i, e in enumerate(self.endpoints):
+            EndpointSpec.parse(e, f"mavlink.endpoints[{i}]")
+        for i, e in enumerate(self.forward):
+            EndpointSpec.parse(e, f"mavlink.forward[{i}]")
+        for sysid, device in self.drones.items():
+            if not sysid.isdigit() or not 1 <= int(sysid) <= 255:
+                raise ValueError(f"drones: system id {sysid!r} must be 1-255")
+            if not _DEVICE_ID.match(device):
+                raise ValueError(f"drones.{sysid}: device id {device!r} must be letters, digits, '_', '.', '-'")
+        if not 1 <= self.system_id <= 255:
+            raise ValueError("system_id must be 1-255")
+        if self.command_attempts < 1:
+            raise ValueError("command_attempts must be at least 1")
+        for kind, hz in self.rates.items():
+            if hz < 0:
+                raise ValueError(f"rates.{kind} must be >= 0")
+
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")  # as the registry; also the tlog folder name
+
+
+def key_bytes(text: str) -> bytes:
+    """A signing key: 64 hex digits as they are, anything else a passphrase hashed with SHA-256."""
+    text = text.strip()
+    if _HEX64.match(text):
+        return bytes.fromhex(text)
+    if not text:
+        raise ValueError("empty signing key")
+    return hashlib.sha256(text.encode()).digest()
+
+
+def load_keys(cfg: MavlinkConfig) -> tuple[dict[str, bytes], list[str]]:
+    """(device id -> 32-byte key, warnings), from the config and the keystore file (the keystore wins)."""
+    warnings: list[str] = []
+    raw: dict[str, tuple[str, str]] = {k: (v, "mavlink.signing_keys") for k, v in cfg.signing_keys.items()}
+    if cfg.keystore:
+        path = Path(cfg.keystore)
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError("keystore file not found", file=str(path), key="mavlink.keystore") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"keystore unreadable: {exc}", file=str(path), key="mavlink.keystore") from None
+        if os.stat(path).st_mode & 0o077:
+            warnings.append(f"keystore {path} is readable by group/others; chmod 600 it")
+        for k, v in data.items():
+            if not isinstance(v, str):
+                raise ConfigError("must be a string key", file=str(path), key=k,
+                                  expected="64 hex digits or a passphrase")
+            raw[k] = (v, str(path))
+    out = {}
+    for device, (text, origin) in raw.items():
+        try:
+            out[device] = key_bytes(text)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=origin, key=device) from None
+    return out, warnings
