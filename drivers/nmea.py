@@ -93,7 +93,7 @@ class NmeaParser:
     def __init__(self, profile: Mapping[str, Any] | None = None) -> None:
         self.profile = dict(profile or {})
         self._date: tuple[int, int, int] | None = None
-        self._gsv: dict[str, list] = {}
+        self._gsv_groups: dict[str, list[Any]] = {}
         self._n = 0
 
     # -- time
@@ -216,7 +216,7 @@ class NmeaParser:
         if len(f) < 4:
             return []
         total, num, in_view = _i(f[1]) or 1, _i(f[2]) or 1, _i(f[3]) or 0
-        sats = self._gsv.setdefault(talker, [])
+        sats = self._gsv_groups.setdefault(talker, [])
         if num == 1 or len(sats) > 64:  # a new group, or a group that never completes: bounded
             sats.clear()
         body = f[4:]
