@@ -20,7 +20,7 @@ from tests.conftest import ROOT, fieldhub_cmd, run_cli
 def test_every_command_has_help_with_an_example() -> None:
     import click
 
-    from cli import main
+    from fieldhub.cli.main import main
 
     def walk(group: click.Group, path: list[str]):
         for name, cmd in group.commands.items():
@@ -33,6 +33,36 @@ def test_every_command_has_help_with_an_example() -> None:
     assert not missing, f"commands without an example in --help: {missing}"
     out = run_cli("devices", "add", "--help", check=True).stdout
     assert "Example:" in out and "--admin-code" in out
+
+
+def test_commands_are_plain_functions_of_fieldhub_cli_and_nothing_imports_cli_py() -> None:
+    """cli.py only assembles: every command lives at module level in fieldhub/cli/, and no module
+    (fieldhub, tests, simulators, bench, scripts) imports the top-level ``cli``."""
+    import ast
+
+    import click
+
+    from fieldhub.cli.main import main
+
+    def walk(cmd: click.Command):
+        yield cmd
+        if isinstance(cmd, click.Group):
+            for sub in cmd.commands.values():
+                yield from walk(sub)
+
+    for cmd in walk(main):
+        assert cmd.callback is not None, cmd.name
+        assert cmd.callback.__module__.startswith("fieldhub.cli."), (cmd.name, cmd.callback.__module__)
+        assert "<locals>" not in cmd.callback.__qualname__, (cmd.name, cmd.callback.__qualname__)
+    importers = []
+    for folder in ("fieldhub", "drivers", "simulators", "tests", "bench", "scripts"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+                if "cli" in names:
+                    importers.append(str(path.relative_to(ROOT)))
+    assert not importers, f"modules importing cli.py: {importers}"
 
 
 def test_init_writes_a_config_that_run_accepts(tmp_path: Path) -> None:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import importlib
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import click
+
+from fieldhub.cli.common import emit_json, example, json_option
 from fieldhub.core import config as configmod
-from fieldhub.core.errors import TransportError
-from fieldhub.hub import Hub
 from fieldhub.core.datadir import REGISTRY_FILE, STORE_FILE
-from fieldhub.sources.mqtt.mosquitto import Mosquitto
-from fieldhub.core.registry import Device, Registry
+from fieldhub.core.errors import TransportError
+
+if TYPE_CHECKING:  # the hub and the broker are imported when the demo runs, not with every command
+    from fieldhub.hub import Hub
 
 DEMO_ADMIN_CODE = "420102001001"  # a village in Jiang'an district, Wuhan, Hubei
 
@@ -35,6 +36,8 @@ class DemoContext:
     workdir: Path | None = None
 
     def add_device(self, device_id: str, kind: str, admin_code: str | None = None, **kw: Any) -> None:
+        from fieldhub.core.registry import Device, Registry
+
         reg = Registry(self.data_dir / REGISTRY_FILE)
         try:
             if reg.get(device_id) is None:
@@ -43,8 +46,25 @@ class DemoContext:
             reg.close()
 
 
+@click.command("demo")
+@click.option("--seconds", default=30, show_default=True, help="How long to run (0 = until Ctrl-C).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Keep the demo's data here (default: a temp dir).")
+@json_option
+@example("fieldhub demo --seconds 20")
+def demo(seconds: int, data_dir: str | None, as_json: bool) -> None:
+    """Run the hub with every simulator on the embedded defaults and a private broker."""
+    summary = run_demo(seconds=seconds, data_dir=Path(data_dir) if data_dir else None, live=not as_json)
+    if as_json:
+        emit_json(summary)
+
+
 def run_demo(seconds: float = 30, data_dir: Path | None = None, live: bool = True) -> dict[str, Any]:
+    import shutil
+    import tempfile
+
     from fieldhub.cli.render import console
+    from fieldhub.hub import Hub
+    from fieldhub.sources.mqtt.mosquitto import Mosquitto
 
     out = console()
     tmp = None
@@ -132,7 +152,7 @@ def _counts(hub: Hub) -> dict[str, int]:
         store.close()
 
 
-def _live_table(hub: Hub, sims: list, seconds: float) -> None:
+def _live_table(hub: Hub, sims: list[Any], seconds: float) -> None:
     from rich.live import Live
     from rich.table import Table
 
@@ -159,7 +179,7 @@ def _live_table(hub: Hub, sims: list, seconds: float) -> None:
             live.update(render())
 
 
-def _summary(hub: Hub, sims: list, elapsed: float, data_dir: Path) -> dict[str, Any]:
+def _summary(hub: Hub, sims: list[Any], elapsed: float, data_dir: Path) -> dict[str, Any]:
     from fieldhub.status import collect
 
     status = collect(hub.config)

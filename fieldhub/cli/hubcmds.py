@@ -1,0 +1,147 @@
+"""The hub itself: ``init``, ``run``, ``status``, ``events`` and ``consumers list|drop``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import orjson
+
+from fieldhub import __version__
+from fieldhub.cli.common import emit_json, emit_json_lines, example, hub_options, json_option, local_time
+from fieldhub.core import config as configmod
+from fieldhub.core.errors import FieldhubError, HubNotRunning
+
+
+@click.command("init")
+@click.option("--config", "config_path", default="fieldhub.toml", show_default=True,
+              type=click.Path(dir_okay=False), help="Where to write the sample config.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@example("fieldhub init --config /etc/fieldhub/fieldhub.toml")
+def init(config_path: str, force: bool) -> None:
+    """Write a documented sample config (every key, with its default)."""
+    path = Path(config_path)
+    if path.exists() and not force:
+        raise FieldhubError(f"{path} exists; use --force to overwrite / 文件已存在")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(configmod.sample_config(), encoding="utf-8")
+    except OSError as exc:
+        raise FieldhubError(f"cannot write {path}: {exc.strerror}") from None
+    click.echo(f"wrote {path}; edit it, then: fieldhub run --config {path}")
+
+
+@click.command("run")
+@hub_options
+@click.option("--broker", metavar="mqtt://HOST:PORT", help="MQTT broker to ingest from. [mqtt.broker]")
+@example("fieldhub run --config fieldhub.toml --broker mqtt://127.0.0.1:1883")
+def run(cfg: configmod.Config) -> None:
+    """Run the hub in the foreground until Ctrl-C / SIGTERM, then shut down cleanly."""
+    from fieldhub.hub import Hub
+
+    hub = Hub(cfg)
+    click.echo(f"fieldhub {__version__}: hub {cfg.hub.id} running, data dir {hub.data_dir}; "
+               f"components: {', '.join(c.name for c in hub.components)}. Ctrl-C to stop.", err=True)
+    hub.run()
+    click.echo("stopped cleanly / 已正常停止", err=True)
+
+
+@click.command("status")
+@hub_options
+@json_option
+@example("fieldhub status --data-dir /var/lib/fieldhub --json")
+def status(cfg: configmod.Config, as_json: bool) -> None:
+    """Devices online/offline by level and kind, consumer backlogs, disk use, last errors.
+
+    Asks the running hub; if none runs, reads the data dir directly.
+    """
+    from fieldhub.core import control
+    from fieldhub.status import collect
+
+    try:
+        data = control.call(cfg.data_dir, "status")
+    except HubNotRunning:
+        data = collect(cfg)
+    if as_json:
+        emit_json(data)
+        return
+    from fieldhub.cli.render import print_status
+
+    print_status(data)
+
+
+@click.command("events")
+@click.option("--level", type=click.Choice(["info", "warning", "error"]), default="info", show_default=True,
+              help="Lowest level shown.")
+@click.option("--limit", default=50, show_default=True, help="How many of the latest entries.")
+@hub_options
+@json_option
+@example("fieldhub events --level warning --limit 20")
+def events(cfg: configmod.Config, level: str, limit: int, as_json: bool) -> None:
+    """The operator log: what the hub did and what went wrong (操作日志), newest last."""
+    from fieldhub.core.datadir import OPLOG_FILE
+    from fieldhub.core.oplog import LEVELS, tail
+
+    entries = tail(cfg.data_dir / OPLOG_FILE, limit, LEVELS[LEVELS.index(level):])
+    if as_json:
+        emit_json_lines(orjson.dumps(e) for e in entries)
+        return
+    for e in entries:
+        click.echo(f"{local_time(e.get('ts'))} {e.get('level', '?'):<7} {e.get('event', '')}: "
+                   f"{e.get('message', '')}")
+        if e.get("message_zh") and e.get("message_zh") != e.get("message"):
+            click.echo(f"{'':>33}{e['message_zh']}")
+
+
+# ----------------------------------------------------------------------------- consumers
+@click.group("consumers")
+def consumers() -> None:
+    """The durable log's consumers (store, influx, uplink...) and their cursors."""
+
+
+@consumers.command("list")
+@hub_options
+@json_option
+@example("fieldhub consumers list --json")
+def consumers_list(cfg: configmod.Config, as_json: bool) -> None:
+    """Each consumer's backlog per priority class."""
+    from fieldhub.status import collect
+
+    info = collect(cfg)["log"].get("consumers", {})
+    if as_json:
+        emit_json(info)
+        return
+    from fieldhub.cli.render import table
+
+    table(["consumer", "backlog", "by class"],
+          [[name, c["backlog_total"], " ".join(f"{k}={v}" for k, v in c["backlog"].items() if v)]
+           for name, c in sorted(info.items())], title=f"{len(info)} consumers")
+
+
+@consumers.command("drop")
+@click.argument("name")
+@hub_options
+@example("fieldhub consumers drop influx   # after removing [influx] from the config, hub stopped")
+def consumers_drop(cfg: configmod.Config, name: str) -> None:
+    """Forget a consumer that is no longer configured, so its cursor stops holding records.
+
+    The hub must be stopped. A configured consumer comes back at the next start and begins
+    with what is still in the log.
+    """
+    from fieldhub.core.datadir import LOG_FILE, OPLOG_FILE, hub_lock
+    from fieldhub.core.log import DurableLog
+    from fieldhub.core.oplog import OpLog
+
+    with hub_lock(cfg.data_dir):
+        oplog = OpLog(cfg.data_dir / OPLOG_FILE)
+        log = DurableLog(cfg.data_dir / LOG_FILE, oplog=oplog)
+        try:
+            if name not in log.consumer_names():
+                raise FieldhubError(f"no consumer {name!r}; consumers: {', '.join(log.consumer_names()) or 'none'}")
+            log.drop_consumer(name)
+            log.compact()
+        finally:
+            log.close()
+        oplog.write("warning", "consumer_dropped", f"consumer {name} dropped by the operator",
+                    f"操作员删除了消费者 {name}")
+    click.echo(f"dropped consumer {name}; what only it still needed is compacted away")
