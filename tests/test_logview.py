@@ -1,10 +1,11 @@
 """The log's public read-only view (fieldhub.core.logview), on a running log and on a file
-opened alone; and the store's own reads (what status and the center used to run SQL for)."""
+opened alone; and the small public reads other parts now use instead of each other's privates."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,10 @@ from fieldhub.core.log import DurableLog
 from fieldhub.core.logview import Chunk, Entry, LogView, QuarantineItem
 from fieldhub.core.records import Priority, Record
 from fieldhub.sinks.store import LocalStore
+from fieldhub.sources.mqtt.ingest import AckPipeline
+from fieldhub.sources.mqtt.state import MqttState
+from fieldhub.uplink.config import UplinkConfig
+from fieldhub.uplink.links import LinkManager
 
 T0 = 1_700_000_000_000_000_000
 
@@ -158,3 +163,34 @@ def test_store_upsert_counts_and_replaces_only_summaries(tmp_path: Path) -> None
     (stored,) = store.query("rain")
     assert stored.fields == {"mm": 1.25, "rate": 3} and stored.tags == {"county": "420102", "hub": "h1"}
     store.close()
+
+
+def test_mqtt_state_read_seen_from_another_connection(tmp_path: Path) -> None:
+    state = MqttState(tmp_path / "mqtt.db")
+    state.add_seen([("rg-1", 41, b"digest")])
+    assert MqttState.read_seen(tmp_path / "mqtt.db", "rg-1", 41) == b"digest"
+    assert MqttState.read_seen(tmp_path / "mqtt.db", "rg-1", 42) is None
+    state.close()
+
+
+def test_ack_pipeline_has_ready_until_flushed() -> None:
+    sent: list = []
+    acks = AckPipeline(sent.extend)
+    first, second = acks.open([(1, 1, 1)]), acks.open([(2, 2, 1)])
+    assert not acks.has_ready()
+    acks.done(second)
+    assert not acks.has_ready()  # in order: the first is not durable yet
+    acks.done(first)
+    assert acks.has_ready()
+    assert acks.flush() == 2 and sent == [(1, 1, 1), (2, 2, 1)] and not acks.has_ready()
+
+
+def test_link_rank_prefers_cheap_then_fast_then_near() -> None:
+    manager = LinkManager(UplinkConfig(), "hub", lambda _: None)
+
+    def link(cost: float, bps: int, rtt: float | None) -> SimpleNamespace:
+        return SimpleNamespace(config=SimpleNamespace(cost=cost, bps=bps), rtt=rtt)
+
+    geo, lte, lte_far, unmeasured = link(1, 512_000, 0.6), link(2, 2_000_000, 0.05), link(2, 2_000_000, 0.3), \
+        link(2, 2_000_000, None)
+    assert sorted([unmeasured, lte_far, lte, geo], key=manager.rank) == [geo, lte, lte_far, unmeasured]
