@@ -15,9 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-import orjson
-
-from fieldhub.core.log import DurableLog, _body
+from fieldhub.core import body
+from fieldhub.core.log import DurableLog
 from simulators.loadgen import vehicle_records
 
 
@@ -79,7 +78,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     records = vehicle_records("bench", 0, args.records)
-    rows = [(r.id, int(r.priority), orjson.dumps(_body(r))) for r in records]
+    rows = [(r.id, int(r.priority), body.encode(r)) for r in records]
     results: dict[str, list[float]] = {"raw": [], "hub_1": [], "hub_100": []}
     p99: dict[str, list[float]] = {"hub_1": [], "hub_100": []}
     for _ in range(args.runs):

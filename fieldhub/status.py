@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -11,12 +10,14 @@ from typing import Any
 import orjson
 
 from fieldhub.core.config import Config
-from fieldhub.core.log import DurableLog, backlog, connect
+from fieldhub.core.errors import StorageError
+from fieldhub.core.log import DurableLog
+from fieldhub.core.logview import LogView
 from fieldhub.core.oplog import tail
 from fieldhub.core.registry import AdminCode, Registry
+from fieldhub.sinks.store import DEFAULT_OFFLINE_AFTER_S, LocalStore
 
-#: a device with no record for this long is shown offline (presence may refine this)
-DEFAULT_OFFLINE_AFTER_S = 600
+__all__ = ["DEFAULT_OFFLINE_AFTER_S", "collect"]
 
 
 def _file_size(path: Path) -> int:
@@ -26,27 +27,6 @@ def _file_size(path: Path) -> int:
         if p.exists():
             total += p.stat().st_size
     return total
-
-
-def device_states(db: sqlite3.Connection, device_ids: list[str], now_ns: int,
-                  offline_after_s: float = DEFAULT_OFFLINE_AFTER_S) -> dict[str, str]:
-    """online/offline per device: an offline ``presence`` record (last will, unplugged port,
-    lost heartbeat) newer than the device's last data wins; otherwise the device is online if
-    it reported within ``offline_after_s``."""
-    out: dict[str, str] = {}
-    horizon = now_ns - int(offline_after_s * 1e9)
-    for dev in device_ids:
-        data = db.execute("SELECT ts FROM points WHERE device_id=? AND kind!='presence' "
-                          "ORDER BY ts DESC LIMIT 1", (dev,)).fetchone()
-        pres = db.execute("SELECT ts, fields FROM points WHERE device_id=? AND kind='presence' "
-                          "ORDER BY ts DESC LIMIT 1", (dev,)).fetchone()
-        last_data = data[0] if data else None
-        if pres and (last_data is None or pres[0] >= last_data):
-            online = bool(orjson.loads(pres[1]).get("online"))
-            out[dev] = "online" if online and pres[0] >= horizon else "offline"
-        else:
-            out[dev] = "online" if last_data is not None and last_data >= horizon else "offline"
-    return out
 
 
 def collect(config: Config, *, log: DurableLog | None = None,
@@ -70,15 +50,14 @@ def collect(config: Config, *, log: DurableLog | None = None,
     states: dict[str, str] = {}
     store_path = data_dir / STORE_FILE
     if store_path.exists():
-        db = connect(store_path)
+        store = LocalStore(store_path, readonly=True)
         try:
-            states = device_states(db, [d.id for d in devices], time.time_ns())
-            out["store"] = {"records": db.execute("SELECT count(*) FROM points").fetchone()[0],
-                            "bytes": _file_size(store_path)}
-        except sqlite3.OperationalError:
+            states = store.device_states([d.id for d in devices], time.time_ns())
+            out["store"] = {"records": store.record_count(), "bytes": _file_size(store_path)}
+        except StorageError:
             out["store"] = {"records": 0, "bytes": _file_size(store_path)}
         finally:
-            db.close()
+            store.close()
     by_level: dict[str, dict[str, int]] = defaultdict(lambda: {"online": 0, "offline": 0})
     by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"online": 0, "offline": 0})
     for dev in devices:
@@ -91,22 +70,11 @@ def collect(config: Config, *, log: DurableLog | None = None,
     # log: size, consumers, quarantine, counters
     log_path = data_dir / LOG_FILE
     info: dict[str, Any] = {"bytes": _file_size(log_path), "disk_cap": config.log.disk_cap}
-    if log_path.exists():
-        db = log._reader() if log is not None else connect(log_path)
-        try:
-            info["records"] = db.execute("SELECT count(*) FROM log").fetchone()[0]
-            consumers = [r[0] for r in db.execute("SELECT DISTINCT consumer FROM cursors ORDER BY consumer")]
-            info["consumers"] = {c: {"backlog": backlog(db, c)} for c in consumers}
-            for c in consumers:
-                info["consumers"][c]["backlog_total"] = sum(info["consumers"][c]["backlog"].values())
-            info["quarantine_held"] = db.execute(
-                "SELECT count(*) FROM quarantine WHERE state='held'").fetchone()[0]
-            info["counters"] = dict(db.execute("SELECT name, value FROM counters"))
-        except sqlite3.OperationalError as exc:
-            info["error"] = str(exc)
-        finally:
-            if log is None:
-                db.close()
+    if log is not None:
+        info.update(log.view().summary())
+    elif log_path.exists():
+        with LogView.open(log_path) as view:
+            info.update(view.summary())
     out["log"] = info
     out["recent_errors"] = tail(data_dir / OPLOG_FILE, 10, ("warning", "error"))
     return out

@@ -208,9 +208,6 @@ def test_dead_consumer_does_not_block_others(tmp_path: Path) -> None:
 
 
 def test_device_states_from_data_and_presence(tmp_path: Path) -> None:
-    from fieldhub.core.log import connect
-    from fieldhub.status import device_states
-
     now = time.time_ns()
     s = 1_000_000_000
     store = LocalStore(tmp_path / "s.db")
@@ -223,6 +220,6 @@ def test_device_states_from_data_and_presence(tmp_path: Path) -> None:
         Record.make("presence", "e", now - 9 * s, {"online": False, "reason": "unplugged"}, key=1),
         Record.make("rain", "e", now - 1 * s, {"mm": 2}, key=2),  # came back: data is newer
     ])
-    states = device_states(connect(tmp_path / "s.db"), ["a", "b", "c", "d", "e", "f"], now)
+    states = LocalStore(tmp_path / "s.db", readonly=True).device_states(["a", "b", "c", "d", "e", "f"], now)
     assert states == {"a": "online", "b": "offline", "c": "offline", "d": "online", "e": "online",
                       "f": "offline"}

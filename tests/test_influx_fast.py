@@ -7,14 +7,14 @@ import math
 import sqlite3
 from pathlib import Path
 
-import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fieldhub.sinks.influx import writer as influx
 from fieldhub.core.datadir import LOG_FILE
 from fieldhub.sinks.influx.writer import QUARANTINE_COUNTER, Chunk, InfluxConfig, InfluxSink, make_transport
-from fieldhub.core.log import DurableLog, _body
+from fieldhub.core import body as log_body
+from fieldhub.core.log import DurableLog
 from fieldhub.core.quarantine import list_items
 from fieldhub.core.records import Priority, Record
 
@@ -44,7 +44,7 @@ def sink_for(tmp: Path, **kw) -> InfluxSink:
 
 
 def rows_of(records: list[Record]) -> list[tuple[int, bytes]]:
-    return [(int(r.priority), orjson.dumps(_body(r))) for r in records]
+    return [(int(r.priority), log_body.encode(r)) for r in records]
 
 
 def chunk(rows: list[tuple[int, bytes]]) -> list[Chunk]:
@@ -203,7 +203,7 @@ def test_mangled_bodies_never_crash_and_each_is_written_or_quarantined(tmp_path:
     must never crash or read past a body, and every record is either a line or quarantined."""
     sink = sink_for(tmp_path)
     bodies = []
-    for body in (orjson.dumps(_body(r)) for r in records):
+    for body in (log_body.encode(r) for r in records):
         for _ in range(data.draw(st.integers(0, 3))):
             at = data.draw(st.integers(0, len(body)))
             body = data.draw(st.sampled_from([body[:at] + body[at + 1:],  # a byte lost

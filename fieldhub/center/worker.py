@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from fieldhub.uplink import shortmsg
 from fieldhub.uplink.bearers.mqtt import mqtt_client
 from fieldhub.core.errors import ProtocolError, StorageError, TransportError
-from fieldhub.core.log import connect
+from fieldhub.core.db import connect
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Record
 from fieldhub.sinks.store import LocalStore
@@ -45,43 +45,15 @@ CREATE TABLE IF NOT EXISTS rejected(
     rid INTEGER PRIMARY KEY, ts INTEGER, topic TEXT, reason TEXT, payload BLOB);
 """
 
-_UPSERT = ("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-           "kind=excluded.kind, device_id=excluded.device_id, ts=excluded.ts, priority=excluded.priority, "
-           "source=excluded.source, fields=excluded.fields, tags=excluded.tags "
-           "WHERE json_extract(points.tags, '$.via') = 'beidou' "
-           "AND json_extract(excluded.tags, '$.via') IS NOT 'beidou'")
-
-
 class CenterStore(LocalStore):
-    """The local store, written with dedupe counting and summary upgrade."""
+    """The center's store: every record tagged with the hub it came from, a short-message
+    summary replaced by the full record when that arrives (``LocalStore.upsert``)."""
+
+    what = "center store"
 
     def write_counted(self, records: Sequence[Record], hub_id: str) -> tuple[int, int]:
         """Durably write; returns (stored, duplicates): a duplicate id changes nothing."""
-        tag_json: dict[tuple, str] = {}  # records of one series share their tags
-        rows = []
-        for r in records:
-            key = tuple(r.tags.items())
-            tj = tag_json.get(key)
-            if tj is None:
-                tj = tag_json[key] = orjson.dumps({**r.tags, "hub": hub_id}).decode()
-            rows.append((r.id, r.kind, r.device_id, r.ts, int(r.priority), r.source,
-                         orjson.dumps(r.fields).decode(), tj))
-        rows.sort()  # in key order: B-tree inserts stay local
-        with self._lock:
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                before = db.total_changes
-                db.executemany(_UPSERT, rows)
-                stored = db.total_changes - before  # new records, and summaries replaced by full ones
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise StorageError(f"center store {self.path}: {exc}") from None
-        return stored, len(rows) - stored
+        return self.upsert(records, {"hub": hub_id})
 
 
 class HubRegistry:

@@ -10,6 +10,9 @@ class first and can acknowledge what it has delivered class by class. Records ev
 registered cursor has passed are compacted away; when the disk cap is reached, the
 lowest-priority, oldest records are evicted first (never ``alarm`` or ``command``), and
 each eviction is counted, raised as an alarm record and written to the operator log.
+
+A record's stored body is ``fieldhub.core.body``'s format; everything that reads the log
+goes through its public view (``DurableLog.view()``, ``fieldhub.core.logview``).
 """
 
 from __future__ import annotations
@@ -25,9 +28,14 @@ from typing import Callable, Iterable, Sequence
 
 import orjson
 
+from fieldhub.core import body
+from fieldhub.core.db import connect
 from fieldhub.core.errors import DiskFullError, StorageError
+from fieldhub.core.logview import Entry, LogView
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import PROTECTED, Priority, Record, now_ns
+
+__all__ = ["AppendResult", "Cursor", "DurableLog", "Entry", "LogView", "connect"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log(
@@ -66,14 +74,6 @@ class AppendResult:
     duplicates: int
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A record as read from the log, with its sequence number."""
-
-    seq: int
-    record: Record
-
-
 @dataclass
 class _Op:
     kind: str
@@ -90,19 +90,6 @@ class _Op:
             self.callback(result, error)  # type: ignore[arg-type]
         if self.done is not None:
             self.done.set()
-
-
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open a log/store SQLite file with the pragmas durability needs."""
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
-                               check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
 
 
 class DurableLog:
@@ -129,6 +116,7 @@ class DurableLog:
         self._last_seq = 0
         self._closed = False
         self._local = threading.local()
+        self._view = LogView(self._reader)
         self.stats = {"appended": 0, "duplicates": 0, "commits": 0, "evicted": 0,
                       "compacted": 0, "append_errors": 0, "disk_full": 0}
         self._open()
@@ -247,12 +235,16 @@ class DurableLog:
         """Create a consumer's cursor if it does not exist (``earliest`` or ``latest``)."""
         self._submit("register", (consumer, start), None, None)
 
+    def view(self) -> LogView:
+        """The public read-only view of this log (raw batches, quarantine, backlog, status)."""
+        return self._view
+
     def backlog(self, consumer: str) -> dict[str, int]:
         """Records ``consumer`` has not passed yet, per priority class ({} if no such consumer)."""
-        return backlog(self._reader(), consumer)
+        return self._view.backlog(consumer)
 
     def consumer_names(self) -> list[str]:
-        return [r[0] for r in self._reader().execute("SELECT DISTINCT consumer FROM cursors ORDER BY 1")]
+        return self._view.consumer_names()
 
     def drop_consumer(self, consumer: str) -> None:
         self._submit("drop", consumer, None, None)
@@ -391,7 +383,7 @@ class DurableLog:
         """All appends of a group in one statement; if any id was a duplicate, redo them one
         by one so each caller learns its own count (duplicates are rare: redeliveries)."""
         db = self._db
-        rows = [(r.id, int(r.priority), orjson.dumps(_body(r))) for op in ops for r in op.payload]  # type: ignore[attr-defined]
+        rows = [(r.id, int(r.priority), body.encode(r)) for op in ops for r in op.payload]  # type: ignore[attr-defined]
         db.execute("SAVEPOINT bulk")
         before = db.total_changes
         db.executemany("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)", rows)
@@ -410,7 +402,7 @@ class DurableLog:
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)",
-                [(r.id, int(r.priority), orjson.dumps(_body(r))) for r in records])
+                [(r.id, int(r.priority), body.encode(r)) for r in records])
             added = db.total_changes - before
             if added:
                 self._last_seq = db.execute(
@@ -497,7 +489,7 @@ class DurableLog:
                                     priority=Priority.ALARM, source="hub",
                                     key=f"evict-{now_ns()}")
                 self._db.execute("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)",
-                                 (alarm.id, int(alarm.priority), orjson.dumps(_body(alarm))))
+                                 (alarm.id, int(alarm.priority), body.encode(alarm)))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -564,8 +556,7 @@ class DurableLog:
         return Cursor(self, consumer)
 
     def positions(self, consumer: str) -> dict[int, int]:
-        rows = self._reader().execute("SELECT prio, seq FROM cursors WHERE consumer=?", (consumer,))
-        return {p: s for p, s in rows}
+        return self._view.positions(consumer)
 
     def wait_for_data(self, after_seq: int, timeout: float) -> bool:
         """Block until a commit has happened after ``after_seq`` or timeout."""
@@ -607,18 +598,9 @@ class Cursor:
 
         ``after`` overrides the stored positions (for consumers with records in flight).
         """
-        db = self.log._reader()
         pos = after if after is not None else self.log.positions(self.name)
         self._seen = self.log.last_seq
-        out: list[Entry] = []
-        for prio in sorted(classes if classes is not None else Priority):
-            if len(out) >= limit:
-                break
-            rows = db.execute("SELECT seq, body FROM log WHERE prio=? AND seq>? ORDER BY seq LIMIT ?",
-                              (int(prio), pos.get(int(prio), 0), limit - len(out))).fetchall()
-            for seq, body in rows:
-                out.append(Entry(seq, decode(body, prio)))
-        return out
+        return self.log.view().read(pos, limit, classes)
 
     def commit(self, entries: Sequence[Entry]) -> None:
         """Advance past ``entries`` (a prefix of what ``read`` returned, per class)."""
@@ -637,23 +619,3 @@ class Cursor:
     def backlog(self) -> dict[str, int]:
         return self.log.backlog(self.name)
 
-
-def backlog(db: sqlite3.Connection, consumer: str) -> dict[str, int]:
-    """Records not yet passed by ``consumer``, per priority class."""
-    out: dict[str, int] = {}
-    for prio, seq in db.execute("SELECT prio, seq FROM cursors WHERE consumer=?", (consumer,)).fetchall():
-        n = db.execute("SELECT count(*) FROM log WHERE prio=? AND seq>?", (prio, seq)).fetchone()[0]
-        out[Priority(prio).label] = n
-    return out
-
-
-def _body(r: Record) -> dict:
-    """The stored form of a record (orjson of this dict). The InfluxDB sink's C encoder
-    (fieldhub/sinks/influx/_lpenc.c) reads these keys straight from the bytes: change both together."""
-    return {"k": r.kind, "d": r.device_id, "t": r.ts, "f": r.fields, "g": r.tags, "s": r.source, "i": r.id}
-
-
-def decode(body: bytes, prio: int) -> Record:
-    """The Record a ``log`` row holds (its ``body`` and ``prio`` columns)."""
-    d = orjson.loads(body)
-    return Record(d["k"], d["d"], d["t"], d["f"], d["g"], Priority(prio), d["s"], d["i"])

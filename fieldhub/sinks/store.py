@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -9,9 +10,12 @@ from typing import Iterator, Sequence
 
 import orjson
 
+from fieldhub.core.db import connect
 from fieldhub.core.errors import StorageError
-from fieldhub.core.log import connect
 from fieldhub.core.records import Priority, Record
+
+#: a device with no record for this long is shown offline (presence may refine this)
+DEFAULT_OFFLINE_AFTER_S = 600
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS points(
@@ -28,11 +32,21 @@ CREATE INDEX IF NOT EXISTS points_kind_ts ON points(kind, ts);
 CREATE INDEX IF NOT EXISTS points_device_ts ON points(device_id, ts);
 """
 
+# a record replaces the stored one of its id only when that is a short-message summary
+# (tags via=beidou) and the new one is not: the full record, arrived later over another link
+_UPSERT = ("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+           "kind=excluded.kind, device_id=excluded.device_id, ts=excluded.ts, priority=excluded.priority, "
+           "source=excluded.source, fields=excluded.fields, tags=excluded.tags "
+           "WHERE json_extract(points.tags, '$.via') = 'beidou' "
+           "AND json_extract(excluded.tags, '$.via') IS NOT 'beidou'")
+
 
 class LocalStore:
     """Records by id (idempotent inserts), indexed by kind/time and device/time."""
 
     name = "store"
+    #: what errors call it
+    what = "local store"
 
     def __init__(self, path: Path | str, *, retention: float | None = None, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -58,6 +72,38 @@ class LocalStore:
                 raise
         if self.retention and time.monotonic() - self._last_purge > 60:
             self.purge()
+
+    def upsert(self, records: Sequence[Record], extra_tags: dict[str, str] | None = None) -> tuple[int, int]:
+        """Durably write, each record's tags plus ``extra_tags``; returns (stored, duplicates).
+
+        A duplicate id changes nothing, except that a full record replaces a short-message
+        summary of itself (counted as stored)."""
+        tag_json: dict[tuple, str] = {}  # records of one series share their tags
+        extra = extra_tags or {}
+        rows = []
+        for r in records:
+            key = tuple(r.tags.items())
+            tj = tag_json.get(key)
+            if tj is None:
+                tj = tag_json[key] = orjson.dumps({**r.tags, **extra}).decode()
+            rows.append((r.id, r.kind, r.device_id, r.ts, int(r.priority), r.source,
+                         orjson.dumps(r.fields).decode(), tj))
+        rows.sort()  # in key order: B-tree inserts stay local
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                before = db.total_changes
+                db.executemany(_UPSERT, rows)
+                stored = db.total_changes - before  # new records, and summaries replaced by full ones
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise StorageError(f"{self.what} {self.path}: {exc}") from None
+        return stored, len(rows) - stored
 
     def purge(self, now_ns: int | None = None) -> int:
         """Delete records older than the retention period; returns how many went."""
@@ -96,6 +142,37 @@ class LocalStore:
 
     def counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT kind, count(*) FROM points GROUP BY kind ORDER BY kind"))
+
+    def record_count(self) -> int:
+        """How many records the store holds; StorageError if the file holds no store."""
+        try:
+            return self._db.execute("SELECT count(*) FROM points").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"{self.what} {self.path}: {exc}") from None
+
+    def device_states(self, device_ids: Sequence[str], now_ns: int,
+                      offline_after_s: float = DEFAULT_OFFLINE_AFTER_S) -> dict[str, str]:
+        """online/offline per device: an offline ``presence`` record (last will, unplugged port,
+        lost heartbeat) newer than the device's last data wins; otherwise the device is online if
+        it reported within ``offline_after_s``. StorageError if the file holds no store."""
+        out: dict[str, str] = {}
+        horizon = now_ns - int(offline_after_s * 1e9)
+        db = self._db
+        try:
+            for dev in device_ids:
+                data = db.execute("SELECT ts FROM points WHERE device_id=? AND kind!='presence' "
+                                  "ORDER BY ts DESC LIMIT 1", (dev,)).fetchone()
+                pres = db.execute("SELECT ts, fields FROM points WHERE device_id=? AND kind='presence' "
+                                  "ORDER BY ts DESC LIMIT 1", (dev,)).fetchone()
+                last_data = data[0] if data else None
+                if pres and (last_data is None or pres[0] >= last_data):
+                    online = bool(orjson.loads(pres[1]).get("online"))
+                    out[dev] = "online" if online and pres[0] >= horizon else "offline"
+                else:
+                    out[dev] = "online" if last_data is not None and last_data >= horizon else "offline"
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"{self.what} {self.path}: {exc}") from None
+        return out
 
     def close(self) -> None:
         self._db.close()

@@ -45,7 +45,8 @@ class LinkManager:
         for link in self.links:
             link.stop()
 
-    def _rank(self, link: Any) -> tuple:
+    def rank(self, link: Any) -> tuple:
+        """Sort key of a link: lower is better (cost, then bandwidth, then measured RTT)."""
         rtt = link.rtt if link.rtt is not None else 1e9
         return (link.config.cost, -link.config.bps, rtt)
 
@@ -73,7 +74,7 @@ class LinkManager:
     def best(self, prio: Priority) -> Any:
         """The best link that is up and may carry ``prio`` (None = hold it)."""
         candidates = [link for link in self.links if prio in self._allowed[link.name] and link.up()]
-        return min(candidates, key=self._rank) if candidates else None
+        return min(candidates, key=self.rank) if candidates else None
 
     def allowed(self, link: Any) -> set[Priority]:
         return self._allowed[link.name]

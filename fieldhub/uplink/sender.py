@@ -139,7 +139,7 @@ class Uplink:
             self._refresh_meta()
         sent = False
         ip_links = sorted((b for b in self.manager.links if isinstance(b, MqttBearer) and b.up()),
-                          key=self.manager._rank)
+                          key=self.manager.rank)
         for link in ip_links:
             classes = [p for p in Priority if self.manager.best(p) is link]
             while classes and self._window_open(link):

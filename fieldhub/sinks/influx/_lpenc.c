@@ -1,7 +1,9 @@
 /* Durable-log bodies straight to InfluxDB line protocol: the InfluxDB sink's hot path.
  *
- * The log keeps each record as the compact JSON object fieldhub.log._body writes (orjson):
+ * The log keeps each record as the compact JSON object fieldhub/core/body.py writes (orjson):
  *   {"k":kind,"d":device,"t":ns,"f":{fields},"g":{tags},"s":source,"i":id}
+ * body.py owns those keys; the BODY_KEY_* macros below are this file's copy of them, and
+ * tests/test_body.py checks them (and the module's BODY_KEYS) against body.C_KEYS.
  * Decoding that into Python objects and formatting it again cost the sink ~8 us per point;
  * this walks the JSON bytes once and writes the line directly, producing exactly the bytes
  * fieldhub.lineproto.Encoder.line writes for the decoded record (tests/test_influx_fast.py
@@ -17,6 +19,14 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+/* The body keys this encoder reads (the source key is skipped): mirror fieldhub/core/body.py. */
+#define BODY_KEY_KIND 'k'
+#define BODY_KEY_DEVICE 'd'
+#define BODY_KEY_TS 't'
+#define BODY_KEY_FIELDS 'f'
+#define BODY_KEY_TAGS 'g'
+#define BODY_KEY_ID 'i'
 
 typedef struct {
     char *p;
@@ -410,8 +420,9 @@ static int walk(const char *p, const char *end, buf_t *fbuf, head_t *h, int *nfi
             return FALLBACK;
         klen = (int)(p - key - 1);
         v = ++p;
-        if (klen == 1) {  /* each of k d t f g i once */
-            const char *names = "kditfg";  /* bit order of `seen` */
+        if (klen == 1) {  /* each of kind, device, id, ts, fields, tags once */
+            static const char names[6] = {BODY_KEY_KIND, BODY_KEY_DEVICE, BODY_KEY_ID, BODY_KEY_TS,
+                                          BODY_KEY_FIELDS, BODY_KEY_TAGS};  /* bit order of `seen` */
             const char *at = memchr(names, *key, 6);
             if (at != NULL) {
                 int bit = 1 << (at - names);
@@ -419,29 +430,29 @@ static int walk(const char *p, const char *end, buf_t *fbuf, head_t *h, int *nfi
                     return FALLBACK;
             }
         }
-        if (klen == 1 && (*key == 'k' || *key == 'd' || *key == 'i')) {
+        if (klen == 1 && (*key == BODY_KEY_KIND || *key == BODY_KEY_DEVICE || *key == BODY_KEY_ID)) {
             if (v >= end || *v != '"')
                 return FALLBACK;
             p = skip_string(v, end, &esc);
             if (p == NULL)
                 return FALLBACK;
-            if (*key == 'k') { h->k = v; h->kn = p - v; seen |= 1; }
-            else if (*key == 'd') { h->d = v; h->dn = p - v; seen |= 2; }
+            if (*key == BODY_KEY_KIND) { h->k = v; h->kn = p - v; seen |= 1; }
+            else if (*key == BODY_KEY_DEVICE) { h->d = v; h->dn = p - v; seen |= 2; }
             else {
                 if (esc)
                     return FALLBACK;
                 h->id = v + 1; h->idn = p - v - 2; seen |= 4;
             }
-        } else if (klen == 1 && *key == 't') {
+        } else if (klen == 1 && *key == BODY_KEY_TS) {
             if (parse_int64(v, end, &p, &h->ts) < 0)
                 return FALLBACK;
             seen |= 8;
-        } else if (klen == 1 && *key == 'f') {
+        } else if (klen == 1 && *key == BODY_KEY_FIELDS) {
             p = put_fields(fbuf, v, end, nfields, &err);
             if (p == NULL)
                 return err;
             seen |= 16;
-        } else if (klen == 1 && *key == 'g') {
+        } else if (klen == 1 && *key == BODY_KEY_TAGS) {
             if (v >= end || *v != '{')
                 return FALLBACK;
             p = skip_value(v, end, 0);
@@ -695,5 +706,13 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__lpenc(void) {
-    return PyModule_Create(&module);
+    /* the keys as built, in the order of body.C_KEYS: kind, device, ts, fields, tags, id */
+    static const char keys[7] = {BODY_KEY_KIND, BODY_KEY_DEVICE, BODY_KEY_TS, BODY_KEY_FIELDS,
+                                 BODY_KEY_TAGS, BODY_KEY_ID, 0};
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "BODY_KEYS", keys) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -28,7 +28,9 @@ from fieldhub.core.config import Duration
 from fieldhub.core.consumer import Backoff
 from fieldhub.sinks.influx.http import InfluxWriteError, Transport, V1Transport, V2Transport
 from fieldhub.sinks.influx.lineproto import SAME_TS_POLICIES, Encoder
-from fieldhub.core.log import DurableLog, decode
+from fieldhub.core.body import decode, line_parts
+from fieldhub.core.log import DurableLog
+from fieldhub.core.logview import Chunk
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority, Record
 
@@ -137,62 +139,13 @@ def _record_of(ref: Ref) -> Record:
     return decode(ref[1], ref[0])
 
 
-@dataclass
-class Chunk:
-    """Records of one priority class read from the log for the sink: their stored bodies
-    (JSON, which never holds a raw newline) joined by newlines, oldest first."""
-
-    prio: int
-    bodies: bytes
-    count: int
-
-    def refs(self) -> list[tuple[int, bytes]]:
-        """The records as ``(priority, body)`` pairs."""
-        if self.count == 1:  # one body, which may be a damaged one with a newline in it
-            return [(self.prio, self.bodies)]
-        return [(self.prio, body) for body in self.bodies.split(b"\n")]
-
-
 def _refs(chunks: Sequence[Chunk]) -> list[tuple[int, bytes]]:
     return [ref for chunk in chunks for ref in chunk.refs()]
 
 
 def read_rows(log: DurableLog, after: dict[int, int], limit: int) -> tuple[list[Chunk], dict[int, int]]:
-    """Like ``Cursor.read`` (most urgent class first, oldest first, past ``after``) but returns
-    the stored bodies as they are, one ``Chunk`` per class, and the last seq read per class —
-    the sink's hot path: SQLite joins the bodies, so no Python object is made per record.
-    Reads the log's own table (``fieldhub.core.log``)."""
-    db = log._reader()
-    out: list[Chunk] = []
-    top: dict[int, int] = {}
-    total = 0
-    for prio in Priority:
-        if total >= limit:
-            break
-        p = int(prio)
-        args = (p, after.get(p, 0), limit - total)
-        # one statement, so the count, the last seq and the bodies are one snapshot
-        n, last, bodies = db.execute(
-            "SELECT count(*), max(seq), CAST(group_concat(body, x'0a') AS BLOB) FROM "
-            "(SELECT seq, body FROM log WHERE prio=? AND seq>? ORDER BY seq LIMIT ?)", args).fetchone()
-        if not n:
-            continue
-        if bodies.count(b"\n") != n - 1:  # a damaged body with a newline in it: one by one
-            rows = db.execute("SELECT body FROM log WHERE prio=? AND seq>? AND seq<=? ORDER BY seq",
-                              (p, args[1], last)).fetchall()
-            out += [Chunk(p, _as_bytes(body), 1) for (body,) in rows]
-        else:
-            out.append(Chunk(p, bodies, n))
-        top[p] = last
-        total += n
-    return out, top
-
-
-def _as_bytes(body: object) -> bytes:
-    """A damaged row's body as bytes (the encoders quarantine what they cannot read)."""
-    if isinstance(body, bytes):
-        return body
-    return body.encode("utf-8", "replace") if isinstance(body, str) else b""
+    """The sink's raw batches: ``LogView.read_raw`` (bodies as stored, one ``Chunk`` per class)."""
+    return log.view().read_raw(after, limit)
 
 
 @dataclass
@@ -280,12 +233,11 @@ class InfluxSink:
         """The Python encoder over log rows (what the C encoder hands back, and a rejected batch)."""
         out: list[tuple[Ref, bytes]] = []
         line_of = self.encoder.line
-        loads = orjson.loads
+        parts = line_parts
         for ref in rows:
             try:
-                d = loads(ref[1])
-                rid = d["i"]
-                line = line_of(d["k"], d["d"], d["t"], d["f"], d["g"], rid)
+                kind, device_id, ts, fields, tags, rid = parts(ref[1])
+                line = line_of(kind, device_id, ts, fields, tags, rid)
                 if line is None:  # quarantined as the record it must then read as
                     ref = _record_of(ref)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a damaged row

@@ -138,6 +138,10 @@ class AckPipeline:
         with self._lock:
             return sum(len(t[1]) for t in self._tickets) + sum(len(a) for a in self._ready)
 
+    def has_ready(self) -> bool:
+        """Acks waiting for ``flush`` (read without the lock: a hint for the worker's idle check)."""
+        return bool(self._ready)
+
 
 class Presence:
     """Online/offline per device from its last message, its last will, and per-kind timeouts."""
@@ -332,9 +336,9 @@ class MqttIngest:
         inbox = self._inbox
         while not self._stop.is_set():
             self.acks.flush()
-            if not inbox and not self.acks._ready:
+            if not inbox and not self.acks.has_ready():
                 self._idle = True
-                if not inbox and not self.acks._ready:  # arrived before the flag: don't sleep on it
+                if not inbox and not self.acks.has_ready():  # arrived before the flag: don't sleep on it
                     self._wake.wait(0.25)
                 self._wake.clear()
                 self._idle = False
@@ -528,16 +532,8 @@ class MqttIngest:
                        on_seen=self._committed.append)
 
     def state_lookup(self, device_id: str, seq: int) -> bytes | None:
-        # a separate read-only connection: the worker thread owns the write connection
-        import sqlite3
-
-        db = sqlite3.connect(f"file:{self.state_path}?mode=ro", uri=True, timeout=30)
-        try:
-            row = db.execute("SELECT digest FROM seen WHERE device_id=? AND seq=?",
-                             (device_id, seq)).fetchone()
-        finally:
-            db.close()
-        return row[0] if row else None
+        # from another thread than the worker's, which owns the state's connection
+        return MqttState.read_seen(self.state_path, device_id, seq)
 
     def status(self) -> dict[str, Any]:
         return {"broker": self.cfg.broker, "connected": self.connected, **self.stats,

@@ -7,35 +7,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import orjson
-
 from fieldhub.core.errors import FieldhubError, StorageError
-from fieldhub.core.log import DurableLog, connect
+from fieldhub.core.log import DurableLog
 from fieldhub.sources.mqtt.spec import SOURCE, Rejected, decode
 from fieldhub.core.registry import Registry
 
 SeenLookup = Callable[[str, int], "bytes | None"]
-
-
-def _held(log: DurableLog, qids: Iterable[int] | None, reason: str | None,
-          device: str | None) -> list[tuple]:
-    where, args = ["state = 'held'", "source = ?"], [SOURCE]
-    if qids:
-        qids = [int(q) for q in qids]
-        where.append(f"qid IN ({','.join('?' * len(qids))})")
-        args.extend(qids)
-    if reason:
-        where.append("reason LIKE ?")
-        args.append(f"%{reason}%")
-    if device:
-        where.append("device_id = ?")
-        args.append(device)
-    db = connect(log.path)
-    try:
-        return db.execute("SELECT qid, device_id, reason, payload, meta FROM quarantine WHERE "
-                          + " AND ".join(where) + " ORDER BY qid", args).fetchall()
-    finally:
-        db.close()
 
 
 def readmit(log: DurableLog, registry: Registry, seen: SeenLookup, *, qids: Iterable[int] | None = None,
@@ -49,11 +26,12 @@ def readmit(log: DurableLog, registry: Registry, seen: SeenLookup, *, qids: Iter
     if not (qids or reason or device):
         raise FieldhubError("say what to re-admit: QID..., --reason TEXT or --device ID "
                             "/ 请指定要重新接收的条目")
-    rows = _held(log, qids, reason, device)
+    rows = log.view().quarantine(source=SOURCE, state="held", qids=list(qids or ()), reason=reason,
+                                 device=device, newest_first=False)
     records, ok, seen_rows, still = [], [], [], []
     keys: set[tuple[str, int]] = set()
-    for qid, dev_id, _old_reason, payload, meta in rows:
-        m = orjson.loads(meta) if meta else {}
+    for item in rows:
+        qid, dev_id, payload, m = item.qid, item.device_id, item.payload, item.meta
         topic = m.get("topic") or ""
         try:
             msg = decode(topic, payload or b"", registry.get(dev_id or ""), int(m.get("recv_ns") or 0),

@@ -42,6 +42,18 @@ class MqttState:
         self._top: dict[str, int] = dict(self._db.execute(
             "SELECT device_id, max(seq) FROM seen GROUP BY device_id"))
 
+    @staticmethod
+    def read_seen(path: Path | str, device_id: str, seq: int) -> bytes | None:
+        """``seen`` from any thread, on its own read-only connection to the state file at
+        ``path`` (the ingest worker owns the state's write connection)."""
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            row = db.execute("SELECT digest FROM seen WHERE device_id=? AND seq=?",
+                             (device_id, seq)).fetchone()
+        finally:
+            db.close()
+        return row[0] if row else None
+
     def seen(self, device_id: str, seq: int) -> bytes | None:
         if seq > self._top.get(device_id, -1):
             return None
@@ -77,3 +89,4 @@ class MqttState:
 
     def close(self) -> None:
         self._db.close()
+
