@@ -89,7 +89,9 @@ def hub_options(f: Callable) -> Callable:
             value = kwargs.pop(flag, None)
             if value:
                 overrides[key] = value
-        kwargs["cfg"] = configmod.load(config_path, overrides)
+        from fieldhub.hub import load_config
+
+        kwargs["cfg"] = load_config(config_path, overrides)
         return f(*args, **kwargs)
     return wrapper
 
@@ -159,7 +161,9 @@ def init(config_path: str, force: bool) -> None:
         raise FieldhubError(f"{path} exists; use --force to overwrite / 文件已存在")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(configmod.sample_config(), encoding="utf-8")
+        from fieldhub.hub import sample_config
+
+        path.write_text(sample_config(), encoding="utf-8")
     except OSError as exc:
         raise FieldhubError(f"cannot write {path}: {exc.strerror}") from None
     click.echo(f"wrote {path}; edit it, then: fieldhub run --config {path}")

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fieldhub.core import config as configmod
 from fieldhub.core.errors import TransportError
-from fieldhub.hub import Hub
+from fieldhub.hub import Hub, load_config
 from fieldhub.core.datadir import REGISTRY_FILE, STORE_FILE
 from fieldhub.sources.mqtt.mosquitto import Mosquitto
 from fieldhub.core.registry import Device, Registry
@@ -70,7 +69,7 @@ def run_demo(seconds: float = 30, data_dir: Path | None = None, live: bool = Tru
     overrides = {"hub.data_dir": str(data_dir), "hub.id": ctx.hub_id, **ctx.overrides}
     if ctx.broker:
         overrides.setdefault("mqtt.broker", ctx.broker)
-    cfg = configmod.load(None, overrides, env={})
+    cfg = load_config(None, overrides, env={})
     hub = Hub(cfg)
     ctx.hub = hub
     hub.start()

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import orjson
 
+from fieldhub.core.component import HubContext
+from fieldhub.core.config import Duration
+from fieldhub.core.consumer import ConsumerRunner
+from fieldhub.core.datadir import STORE_FILE
 from fieldhub.core.errors import StorageError
 from fieldhub.core.log import connect
 from fieldhub.core.records import Priority, Record
@@ -27,6 +32,17 @@ CREATE TABLE IF NOT EXISTS points(
 CREATE INDEX IF NOT EXISTS points_kind_ts ON points(kind, ts);
 CREATE INDEX IF NOT EXISTS points_device_ts ON points(device_id, ts);
 """
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """[store] the embedded local time-series store (SQLite)."""
+
+    enabled: bool = True
+    #: records older than this (by their timestamp) are deleted
+    retention: Duration = Duration(90 * 86400)
+    #: records per write batch
+    batch: int = 5000
 
 
 class LocalStore:
@@ -99,3 +115,11 @@ class LocalStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def build(ctx: HubContext, cfg: StoreConfig) -> ConsumerRunner | None:
+    """Hub component builder: the store behind its consumer runner, unless ``[store] enabled = false``."""
+    if not cfg.enabled:
+        return None
+    store = LocalStore(ctx.data_dir / STORE_FILE, retention=cfg.retention or None)
+    return ConsumerRunner(ctx.log, store, batch=cfg.batch, oplog=ctx.oplog)
