@@ -1,8 +1,9 @@
 """The control socket: a Unix socket in the data dir speaking one JSON object per line.
 
 Request ``{"cmd": "status", "args": {...}}``; reply ``{"ok": true, "result": ...}`` or
-``{"ok": false, "error": "..."}``. Handlers are plain functions registered by name, so a
-component adds commands (``drone.command``, ``uplink.status``...) without touching this file.
+``{"ok": false, "error": "..."}``. Handlers are plain functions registered by name: the hub
+registers each component's ``commands()`` as ``<name>.<command>`` (``drone.command``,
+``uplink.status``...), so nothing here changes when a part adds one.
 """
 
 from __future__ import annotations
