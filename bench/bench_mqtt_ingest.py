@@ -35,8 +35,7 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fieldhub.core import config as configmod  # noqa: E402
-from fieldhub.hub import Hub  # noqa: E402
+from fieldhub.hub import Hub, load_config  # noqa: E402
 from fieldhub.core.datadir import REGISTRY_FILE
 from fieldhub.sources.mqtt.mosquitto import Mosquitto  # noqa: E402
 from fieldhub.core.registry import Device, Registry  # noqa: E402
@@ -114,7 +113,7 @@ def bare_rate(broker: Mosquitto, n: int, round_no: int) -> float:
 
 
 def make_hub(broker: Mosquitto, data: Path, store: bool = True, cid: str = "bench-hub") -> Hub:
-    cfg = configmod.load(None, {"hub.data_dir": str(data), "mqtt.broker": broker.url, "store.enabled": store,
+    cfg = load_config(None, {"hub.data_dir": str(data), "mqtt.broker": broker.url, "store.enabled": store,
                                 "mqtt.receive_maximum": RECEIVE_MAX, "mqtt.client_id": cid}, env={})
     return Hub(cfg)
 

@@ -2,86 +2,64 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping
 
 import orjson
 
 from fieldhub import __version__
-from fieldhub.core.config import Config
-from fieldhub.core.consumer import ConsumerRunner
-from fieldhub.core.control import SOCKET_NAME, ControlServer
-from fieldhub.core.datadir import (HUB_INFO_FILE, LOG_FILE, OPLOG_FILE, REGISTRY_FILE, STORE_FILE,
-                                    prepare_data_dir, take_lock)
-from fieldhub.core.log import DurableLog
+from fieldhub.core import config as configmod
 from fieldhub.core import profiles
+from fieldhub.core.component import (Component, ComponentSpec, HubContext, command_prefix, load_object)
+from fieldhub.core.config import Config
+from fieldhub.core.control import SOCKET_NAME, ControlServer
+from fieldhub.core.datadir import (HUB_INFO_FILE, LOG_FILE, OPLOG_FILE, REGISTRY_FILE, prepare_data_dir,
+                                   take_lock)
+from fieldhub.core.errors import FieldhubError
+from fieldhub.core.log import DurableLog
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.registry import Registry
-from fieldhub.sinks.store import LocalStore
 
-
-
-class Component(Protocol):
-    """A long-lived part of the hub (a source, a sink, a manager)."""
-
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-
-@dataclass
-class HubContext:
-    """What a component builder may use; builders pass on only what their part needs."""
-
-    config: Config
-    data_dir: Path
-    hub_id: str
-    log: DurableLog
-    registry: Registry
-    oplog: OpLog
-    control: ControlServer
-    #: set when the hub is stopping; long-running parts may wait on it
-    stopping: threading.Event = field(default_factory=threading.Event)
-
-
-#: Component builders, "module:function", each ``build(ctx) -> Component | None`` (None = not
-#: configured). Order is start order; stop runs in reverse. A new part adds one line here.
-COMPONENTS: tuple[str, ...] = (
-    "fieldhub.hub:build_store",
-
-    # MQTT ingest, presence (issue 3)
-    "fieldhub.sources.mqtt.ingest:build",
-
-    # serial devices (issue 4)
-    "fieldhub.sources.serial.ingest:build",
-
-    # drones / MAVLink (issue 5)
-    "fieldhub.sources.mavlink.drones:build_drones",
-
-    # InfluxDB sink (issue 6)
-    "fieldhub.sinks.influx.writer:build",
-
-    # uplink (issue 7)
-    "fieldhub.uplink.sender:build",
+#: The hub's parts, in start order (stop runs in reverse). Each names its config section and
+#: class and its builder, ``build(ctx, cfg) -> component | None`` (None = not configured).
+#: A new part adds one line here.
+COMPONENTS: tuple[ComponentSpec, ...] = (
+    ComponentSpec("store", "store", "fieldhub.sinks.store:StoreConfig", "fieldhub.sinks.store:build"),
+    ComponentSpec("mqtt", "mqtt", "fieldhub.sources.mqtt.config:MqttConfig",
+                  "fieldhub.sources.mqtt.ingest:build"),
+    ComponentSpec("serial", "serial", "fieldhub.sources.serial.config:SerialConfig",
+                  "fieldhub.sources.serial.ingest:build"),
+    ComponentSpec("drones", "mavlink", "fieldhub.sources.mavlink.config:MavlinkConfig",
+                  "fieldhub.sources.mavlink.drones:build_drones"),
+    ComponentSpec("influx", "influx", "fieldhub.sinks.influx.config:InfluxConfig",
+                  "fieldhub.sinks.influx.writer:build"),
+    ComponentSpec("uplink", "uplink", "fieldhub.uplink.config:UplinkConfig", "fieldhub.uplink.sender:build"),
 )
 
+#: config section -> "module:Class", from the component list (the core's own [hub] and [log] aside)
+SECTIONS: dict[str, str] = {spec.section: spec.config for spec in COMPONENTS if spec.section}
 
-def build_store(ctx: HubContext) -> Component | None:
-    cfg = ctx.config.store
-    if not cfg.enabled:
-        return None
-    store = LocalStore(ctx.data_dir / STORE_FILE, retention=cfg.retention or None)
-    return ConsumerRunner(ctx.log, store, batch=cfg.batch, oplog=ctx.oplog)
+#: how long a whole stop may take; each component gets a share of what is left
+STOP_BUDGET = 20.0
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """The config with every component's section (see ``fieldhub.core.config.load``)."""
+    return configmod.load(path, overrides, env, sections=SECTIONS)
+
+
+def sample_config() -> str:
+    """What ``fieldhub init`` writes: every section, every key, commented-out defaults."""
+    return configmod.sample_config(SECTIONS)
+
+
+class StartError(FieldhubError):
+    """A component could not start; the hub stopped what it had started."""
 
 
 def open_log(config: Config, oplog: OpLog) -> DurableLog:
@@ -91,61 +69,118 @@ def open_log(config: Config, oplog: OpLog) -> DurableLog:
                       compact_interval=c.compact_interval, oplog=oplog, hub_id=config.hub.id)
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, FieldhubError) else f"{type(exc).__name__}: {text}"
+
+
 class Hub:
     """Builds every configured component around one durable log and runs them."""
 
-    def __init__(self, config: Config, *, extra: tuple[Callable[[HubContext], Any], ...] = ()) -> None:
+    def __init__(self, config: Config, *,
+                 extra: tuple[Callable[[HubContext], Component | None], ...] = ()) -> None:
         self.config = config
         self.data_dir = prepare_data_dir(config.data_dir)
-        self._lock_fd = self._lock()
-        self.oplog = OpLog(self.data_dir / OPLOG_FILE)
-        self.log = open_log(config, self.oplog)
-        self.registry = Registry(self.data_dir / REGISTRY_FILE, profiles.names())
-        self.control = ControlServer(self.data_dir / SOCKET_NAME)
-        self.ctx = HubContext(config, self.data_dir, config.hub.id, self.log, self.registry,
-                              self.oplog, self.control)
-        self.components: list[Any] = []
+        self._lock_fd: int | None = take_lock(self.data_dir)
+        self.components: list[Component] = []
+        self._started: list[Component] = []
+        self._closed = False
         self.started = 0.0
-        for spec in COMPONENTS:
-            module, _, fn = spec.partition(":")
-            comp = getattr(importlib.import_module(module), fn)(self.ctx)
-            if comp is not None:
-                self.components.append(comp)
-        for builder in extra:
-            comp = builder(self.ctx)
-            if comp is not None:
-                self.components.append(comp)
-        self.control.register("ping", lambda args: {"version": __version__, "hub_id": config.hub.id})
-        self.control.register("status", lambda args: self.live_status())
+        self.oplog = OpLog(self.data_dir / OPLOG_FILE)
+        try:
+            self.log = open_log(config, self.oplog)
+            self.registry = Registry(self.data_dir / REGISTRY_FILE, profiles.names())
+            self.control = ControlServer(self.data_dir / SOCKET_NAME)
+            self.ctx = HubContext(config, self.data_dir, config.hub.id, self.log, self.registry, self.oplog)
+            for spec in COMPONENTS:
+                builder = load_object(spec.builder)
+                self._add(builder(self.ctx, config.section(spec.section) if spec.section else None))
+            for extra_builder in extra:
+                self._add(extra_builder(self.ctx))
+            self.control.register("ping", lambda args: {"version": __version__, "hub_id": config.hub.id})
+            self.control.register("status", lambda args: self.live_status())
+        except BaseException:
+            self._close()
+            raise
 
-    def _lock(self) -> int:
-        return take_lock(self.data_dir)
+    def _add(self, comp: Component | None) -> None:
+        """Keep a built component and put its commands on the control socket as ``<prefix>.<command>``."""
+        if comp is None:
+            return
+        prefix = command_prefix(comp)
+        commands = getattr(comp, "commands", None)  # the sinks gain commands() with the consumer runner
+        for cmd, handler in (commands() if commands is not None else {}).items():
+            self.control.register(f"{prefix}.{cmd}", handler)
+        self.components.append(comp)
 
     def start(self) -> None:
+        """Start the control socket and every component, in order. If one cannot start, stop the
+        ones already started (in reverse), release the data dir and raise ``StartError``."""
         self.started = time.time()
         info = {"hub_id": self.config.hub.id, "version": __version__, "pid": os.getpid(),
                 "started_ns": time.time_ns()}
         (self.data_dir / HUB_INFO_FILE).write_bytes(orjson.dumps(info))
         self.oplog.write("info", "hub_started", f"hub {self.config.hub.id} started (v{__version__})",
                          f"hub {self.config.hub.id} 已启动", pid=os.getpid())
-        self.control.start()
-        for comp in self.components:
-            comp.start()
+        name = "control socket"
+        try:
+            self.control.start()
+            for comp in self.components:
+                name = comp.name
+                self._started.append(comp)  # a half-started component is stopped too (stop is idempotent)
+                comp.start()
+        except BaseException as exc:
+            reason = _one_line(exc)
+            stopped = [c.name for c in reversed(self._started) if c.name != name]
+            self.oplog.write("error", "hub_start_failed",
+                             f"{name} could not start ({reason}); stopping "
+                             f"{', '.join(stopped) or 'nothing else'}",
+                             f"{name} 启动失败（{reason}），正在停止已启动的组件", component=name,
+                             stopped=stopped)
+            self.stop()
+            if not isinstance(exc, Exception):
+                raise
+            raise StartError(f"{name} could not start: {reason}; the hub stopped "
+                             f"/ {name} 启动失败，hub 已停止") from None
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_BUDGET) -> None:
+        """Stop the started components in reverse, each within its share of ``timeout``; then the
+        control socket, the log and the registry; release the data dir. Idempotent."""
+        if self._closed:
+            return
         self.ctx.stopping.set()
-        for comp in reversed(self.components):
+        deadline = time.monotonic() + timeout
+        started = list(reversed(self._started))
+        self._started.clear()
+        for i, comp in enumerate(started):
+            share = max(0.5, (deadline - time.monotonic()) / (len(started) - i))
             try:
-                comp.stop()
+                _stop(comp, share)
             except Exception as exc:  # noqa: BLE001 - stopping one part must not strand the rest
-                self.oplog.write("error", "component_stop_failed", f"{comp.name}: {exc}",
-                                 f"{comp.name} 停止失败：{exc}")
-        self.control.stop()
-        self.log.close()
-        self.registry.close()
-        self.oplog.write("info", "hub_stopped", f"hub {self.config.hub.id} stopped cleanly",
-                         f"hub {self.config.hub.id} 已正常停止")
-        os.close(self._lock_fd)
+                self.oplog.write("error", "component_stop_failed", f"{comp.name}: {_one_line(exc)}",
+                                 f"{comp.name} 停止失败：{_one_line(exc)}")
+        self._close(clean=True)
+
+    def _close(self, clean: bool = False) -> None:
+        """Close the control socket, log and registry (whichever were opened); release the lock."""
+        if self._closed:
+            return
+        self._closed = True
+        for part in ("control", "log", "registry"):
+            obj = getattr(self, part, None)
+            if obj is None:
+                continue
+            try:
+                obj.stop() if part == "control" else obj.close()
+            except Exception as exc:  # noqa: BLE001 - the lock must be released whatever happens
+                self.oplog.write("error", "hub_close_failed", f"{part}: {_one_line(exc)}",
+                                 f"{part} 关闭失败：{_one_line(exc)}")
+        if clean:
+            self.oplog.write("info", "hub_stopped", f"hub {self.config.hub.id} stopped cleanly",
+                             f"hub {self.config.hub.id} 已正常停止")
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def run(self, stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None) -> None:
         """Run in the foreground until SIGINT/SIGTERM (or ``stop`` is set)."""
@@ -154,13 +189,15 @@ class Hub:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())
-        self.start()
         try:
-            while not stop.wait(1.0):
-                if on_tick is not None:
-                    on_tick()
+            self.start()
+            try:
+                while not stop.wait(1.0):
+                    if on_tick is not None:
+                        on_tick()
+            finally:
+                self.stop()
         finally:
-            self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -175,3 +212,13 @@ class Hub:
         status["components"] = {c.name: c.status() for c in self.components}
         status["recent_errors"] = [e for e in self.oplog.recent if e["level"] != "info"][-10:]
         return status
+
+
+def _stop(comp: Component, timeout: float) -> None:
+    """``comp.stop(timeout)``; the sinks take a timeout once they run on the consumer runner."""
+    import inspect
+
+    if "timeout" in inspect.signature(comp.stop).parameters:
+        comp.stop(timeout)
+    else:
+        comp.stop()  # type: ignore[call-arg]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fieldhub.core import config
+from fieldhub.hub import SECTIONS, load_config, sample_config
 from fieldhub.core.consumer import ConsumerRunner
 from fieldhub.core.errors import ConfigError, ValidationError
 from fieldhub.core.log import DurableLog
@@ -48,7 +49,7 @@ def test_priority_classes_order() -> None:
 def test_config_layers_file_env_flags(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text('[log]\ndisk_cap = "1GiB"\ncommit_max = 10\n[store]\nretention = "7d"\n')
-    cfg = config.load(f, {"log.commit_max": "20"}, env={"FIELDHUB_LOG_DISK_CAP": "512MiB"})
+    cfg = load_config(f, {"log.commit_max": "20"}, env={"FIELDHUB_LOG_DISK_CAP": "512MiB"})
     assert cfg.log.disk_cap == 512 * 1024**2  # env beats file
     assert cfg.log.commit_max == 20  # flag beats file
     assert cfg.store.retention == 7 * 86400
@@ -66,7 +67,7 @@ def test_bad_config_names_file_key_and_expectation(tmp_path: Path, text: str, ke
     f = tmp_path / "bad.toml"
     f.write_text(text)
     with pytest.raises(ConfigError) as err:
-        config.load(f, env={})
+        load_config(f, env={})
     msg = str(err.value)
     assert str(f) in msg and expected in msg
     if key:
@@ -74,12 +75,12 @@ def test_bad_config_names_file_key_and_expectation(tmp_path: Path, text: str, ke
 
 
 def test_sample_config_is_valid_and_documents_every_key(tmp_path: Path) -> None:
-    text = config.sample_config()
+    text = sample_config()
     f = tmp_path / "s.toml"
     f.write_text(text)
-    config.load(f, env={})  # loads as is
-    for name in config.SECTIONS:
-        cls = config._section_class(name)
+    load_config(f, env={})  # loads as is
+    for name, ref in config.all_sections(SECTIONS).items():
+        cls = config.section_class(ref)
         for field in cls.__dataclass_fields__:
             assert f"# {field} = " in text or f"# {field} =" in text, f"{name}.{field} undocumented"
 

@@ -12,11 +12,10 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from drivers.mavlink import mav
-from fieldhub.core import config as configmod
 from fieldhub.sources.mavlink.config import key_bytes
 from drivers.mavlink import signer
 from fieldhub.sources.mavlink.drones import DroneHub
-from fieldhub.hub import Hub
+from fieldhub.hub import Hub, load_config
 from fieldhub.sources.mqtt.mosquitto import free_port
 from fieldhub.core.quarantine import list_items
 from fieldhub.core.records import Record
@@ -52,7 +51,7 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., tuple[Hub, DroneHub]]]:
     def make(**mavlink: Any) -> tuple[Hub, DroneHub]:
         overrides = {"hub.data_dir": str(tmp_path / f"data{len(hubs)}"), "store.enabled": False}
         overrides.update({f"mavlink.{k}": v for k, v in mavlink.items()})
-        hub = Hub(configmod.load(None, overrides, env={}))
+        hub = Hub(load_config(None, overrides, env={}))
         hub.start()
         hubs.append(hub)
         comp = next(c for c in hub.components if c.name == "drones")
@@ -252,14 +251,14 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     from fieldhub.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="mavlink.endpoints\\[0\\].*bad endpoint 'udp:1.2.3.4:5'"):
-        configmod.load(None, {"mavlink.endpoints": ["udp:1.2.3.4:5"]}, env={})
+        load_config(None, {"mavlink.endpoints": ["udp:1.2.3.4:5"]}, env={})
     with pytest.raises(ConfigError, match="system id"):
-        configmod.load(None, {"mavlink.drones": {"300": "x"}}, env={})
+        load_config(None, {"mavlink.drones": {"300": "x"}}, env={})
     with pytest.raises(ConfigError, match="device id '../up'"):
-        configmod.load(None, {"mavlink.drones": {"3": "../up"}}, env={})
+        load_config(None, {"mavlink.drones": {"3": "../up"}}, env={})
     ks = tmp_path / "keys.toml"
     ks.write_text('"drone-1" = ""\n')
-    cfg = configmod.load(None, {"mavlink.keystore": str(ks)}, env={})
+    cfg = load_config(None, {"mavlink.keystore": str(ks)}, env={})
     from fieldhub.sources.mavlink.config import load_keys
 
     with pytest.raises(ConfigError, match="drone-1: empty signing key"):
@@ -277,7 +276,7 @@ def test_drones_from_the_registry(tmp_path: Path) -> None:
     reg.add(Device("uav-hb-07", "drone", "420102001001", unit="county team",
                    transport={"sysid": 5, "endpoint": f"udpin:127.0.0.1:{port}"}))
     reg.close()
-    hub = Hub(configmod.load(None, {"hub.data_dir": str(data), "store.enabled": False}, env={}))
+    hub = Hub(load_config(None, {"hub.data_dir": str(data), "store.enabled": False}, env={}))
     hub.start()
     swarm = DroneSwarm(1, f"udpout:127.0.0.1:{port}", sysid_base=5, gps_loss=False)
     swarm.start()

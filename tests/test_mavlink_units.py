@@ -101,13 +101,13 @@ def test_keystore_keys_and_permissions(tmp_path: Path) -> None:
     import hashlib
     import os
 
-    from fieldhub.core import config as configmod
+    from fieldhub.hub import load_config
     from fieldhub.sources.mavlink.config import load_keys
 
     ks = tmp_path / "drone-keys.toml"
     ks.write_text('uav-01 = "' + "ab" * 32 + '"\nuav-02 = "county passphrase"\n')
     os.chmod(ks, 0o600)
-    cfg = configmod.load(None, {"mavlink.keystore": str(ks),
+    cfg = load_config(None, {"mavlink.keystore": str(ks),
                                 "mavlink.signing_keys": {"uav-01": "overridden", "uav-03": "inline"}}, env={})
     keys, warnings = load_keys(cfg.mavlink)
     assert keys["uav-01"] == bytes.fromhex("ab" * 32)  # the keystore wins over the inline key

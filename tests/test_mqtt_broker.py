@@ -8,8 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub.core import config as configmod
-from fieldhub.hub import Hub
+from fieldhub.hub import Hub, load_config
 from fieldhub.core.records import Priority
 from tests.mqtt_util import (ProvisionedBroker, client, mqtt_records, quarantined, run_cli,
                              wait_for)
@@ -77,7 +76,7 @@ def test_acl_real_broker_refuses_device_a_publishing_as_b(broker: ProvisionedBro
 
 
 def _hub(broker: ProvisionedBroker, **extra: str) -> Hub:
-    cfg = configmod.load(broker.config, extra, env={})
+    cfg = load_config(broker.config, extra, env={})
     hub = Hub(cfg)
     hub.start()
     wait_for(lambda: hub.components[-1].connected, 10, "hub connected")
@@ -226,7 +225,7 @@ def test_last_will_marks_offline_with_alarm(broker: ProvisionedBroker) -> None:
         pres = orjson.loads(run_cli("presence", "--json", "--offline", "--config", str(broker.config),
                                     check=True).stdout)
         assert [(d["device_id"], d["reason"]) for d in pres["devices"]] == [("wl-7", "last_will")]
-        assert hub.live_status()["components"]["mqtt"]["presence"] == {"online": 0, "offline": 1}
+        assert hub.live_status()["components"]["mqtt"]["detail"]["presence"] == {"online": 0, "offline": 1}
     finally:
         hub.stop()
     from fieldhub.sinks.store import LocalStore

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fieldhub.core import config as configmod
-from fieldhub.hub import Hub
+from fieldhub.hub import Hub, load_config
 from fieldhub.core.log import DurableLog
 from tests.mqtt_util import (HubProcess, ProvisionedBroker, client, mqtt_records, quarantined,
                              sim_process, wait_for)
@@ -111,7 +110,7 @@ def test_fuzzed_payloads_never_crash_or_stall_and_are_quarantined_with_a_reason(
     b = ProvisionedBroker(tmp)
     pw = b.provision("fz-1")
     b.start()
-    hub = Hub(configmod.load(b.config, {}, env={}))
+    hub = Hub(load_config(b.config, {}, env={}))
     hub.start()
     mq = hub.components[-1]
     try:
@@ -125,7 +124,7 @@ def test_fuzzed_payloads_never_crash_or_stall_and_are_quarantined_with_a_reason(
         n = len(cases) + 1
         wait_for(lambda: mq.stats["received"] == n, 30, f"{n} messages at the hub")
         wait_for(lambda: mq.acks.pending() == 0, 10, "everything durable and acked")
-        assert mq._worker.is_alive()
+        assert mq._worker.alive
         s = mq.stats
         assert s["stored"] - 1 + s["quarantined"] + s["duplicates"] >= n  # +1: the presence record
         wait_for(lambda: ("fz-1", 10**12, "rain_gauge") in mqtt_records(b.data), 10,

@@ -10,8 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub.core import config as configmod
-from fieldhub.hub import Hub
+from fieldhub.hub import Hub, load_config
 from fieldhub.sources.mqtt.mosquitto import Mosquitto, free_port
 from fieldhub.sources.mqtt.provision import verify_password
 from tests.mqtt_util import ADMIN, ProvisionedBroker, mqtt_records, run_as, run_cli, wait_for
@@ -92,7 +91,7 @@ def test_tls_listener_starts_and_hub_ingests_over_tls(tmp_path: Path) -> None:
                                   "--data-dir", str(data), "--broker-dir", str(tmp_path / "broker"), "--json",
                                   check=True).stdout)["password"]
         broker.restart()
-        cfg = configmod.load(None, {"hub.data_dir": str(data), "mqtt.broker": f"mqtts://127.0.0.1:{tls_port}",
+        cfg = load_config(None, {"hub.data_dir": str(data), "mqtt.broker": f"mqtts://127.0.0.1:{tls_port}",
                                     "mqtt.tls_ca": str(ca), "mqtt.username": "fieldhub",
                                     "mqtt.password": out["password"]}, env={})
         hub = Hub(cfg)

@@ -8,10 +8,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from fieldhub.core import config as configmod
 from fieldhub.core import control
 from fieldhub.core.errors import FieldhubError
-from fieldhub.hub import Hub
+from fieldhub.hub import Hub, load_config
 from fieldhub.core.datadir import REGISTRY_FILE, STORE_FILE
 from fieldhub.core.records import Priority
 from fieldhub.core.registry import Device, Registry
@@ -49,7 +48,7 @@ class Rig:
         for s in self.sims.values():
             s.start()
         ports = [{"device_id": d, "driver": drivers[d], "url": s.path} for d, s in self.sims.items()]
-        cfg = configmod.load(None, {"hub.data_dir": str(data_dir), "serial.ports": ports,
+        cfg = load_config(None, {"hub.data_dir": str(data_dir), "serial.ports": ports,
                                     "serial.backoff_initial": 0.1, "serial.backoff_max": 0.5,
                                     "serial.quarantine_per_minute": 5}, env={})
         self.hub = Hub(cfg)

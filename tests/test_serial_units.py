@@ -10,7 +10,7 @@ import pytest
 from drivers import beidou_rdss, pelco_d, tiantong
 from drivers.base import Frame, ParseContext
 from drivers.sms_pdu import decode_deliver, decode_submit, submit_pdus
-from fieldhub.core import config as configmod
+from fieldhub.hub import load_config
 from fieldhub.core.errors import ConfigError, ValidationError
 from fieldhub.core.records import Priority
 
@@ -121,12 +121,12 @@ def test_submit_pdu_split_and_gsm7() -> None:
 
 def test_serial_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="serial.ports\\[0\\].driver|driver 'zigbee'"):
-        configmod.load(None, {"serial.ports": [{"device_id": "x", "driver": "zigbee", "url": "/dev/null"}]}, env={})
+        load_config(None, {"serial.ports": [{"device_id": "x", "driver": "zigbee", "url": "/dev/null"}]}, env={})
     with pytest.raises(ConfigError, match="ports\\[0\\].baud"):
-        configmod.load(None, {"serial.ports": [{"device_id": "x", "driver": "nmea", "url": "/dev/x",
+        load_config(None, {"serial.ports": [{"device_id": "x", "driver": "nmea", "url": "/dev/x",
                                                  "baud": "fast"}]}, env={})
     with pytest.raises(ConfigError, match="unknown key"):
-        configmod.load(None, {"serial.ports": [{"device_id": "x", "driver": "nmea", "path": "/dev/x"}]}, env={})
+        load_config(None, {"serial.ports": [{"device_id": "x", "driver": "nmea", "path": "/dev/x"}]}, env={})
 
 
 def test_run_with_bad_profile_is_one_line(cli, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldhub.core import config
+from fieldhub.hub import load_config
 from fieldhub.core.errors import ConfigError
 from fieldhub.uplink.config import parse_rate
 
@@ -32,7 +32,7 @@ cost = 100
 def test_links_load_with_units(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text(GOOD)
-    up = config.load(f, env={}).uplink
+    up = load_config(f, env={}).uplink
     assert [l.name for l in up.links] == ["geo", "bd"]
     assert up.links[0].bps == 512_000 and up.links[0].latency == 0.3
     assert up.links[1].classes == ["alarm", "position"]
@@ -48,7 +48,7 @@ def test_bad_link_is_a_config_error_naming_the_key(tmp_path: Path, change: str, 
     f = tmp_path / "c.toml"
     f.write_text(GOOD.replace('bandwidth = "512kbit"', change, 1))
     with pytest.raises(ConfigError, match=message) as err:
-        config.load(f, env={})
+        load_config(f, env={})
     assert "uplink.links[0]" in str(err.value) and str(f) in str(err.value)
 
 
@@ -56,4 +56,4 @@ def test_beidou_link_needs_a_mac_key(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text(GOOD.replace('mac_key = "00ff"', ""))
     with pytest.raises(ConfigError, match="mac_key"):
-        config.load(f, env={})
+        load_config(f, env={})

@@ -12,8 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from fieldhub.core import config
-from fieldhub.hub import Hub
+from fieldhub.hub import Hub, load_config
 from fieldhub.core.records import Priority, Record
 
 T0 = 1_780_000_000_000_000_000
@@ -32,6 +31,7 @@ def alarm(n: int) -> Record:
 
 class Source:
     name = "testgen"
+    command_prefix = "test"
 
     def __init__(self, ctx, total: int, rate: float) -> None:
         self.ctx, self.total, self.rate = ctx, total, rate
@@ -39,7 +39,9 @@ class Source:
         text = self.progress_file.read_text().strip() if self.progress_file.exists() else ""
         self.done = int(text) if text else 0
         self._stop = threading.Event()
-        ctx.control.register("test.alarm", self.alarm)
+
+    def commands(self) -> dict:
+        return {"alarm": self.alarm}
 
     def alarm(self, args: dict) -> dict:
         self.ctx.log.append([alarm(int(n)) for n in args["ids"]])
@@ -67,7 +69,7 @@ class Source:
 
 def main() -> None:
     cfg_path, total, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    cfg = config.load(cfg_path, env={})
+    cfg = load_config(cfg_path, env={})
     hub = Hub(cfg, extra=(lambda ctx: Source(ctx, total, rate),))
     print("ready", flush=True)
     hub.run()

@@ -92,7 +92,9 @@ def hub_options(f: Callable[..., Any]) -> Callable[..., Any]:
             value = kwargs.pop(flag, None)
             if value:
                 overrides[key] = value
-        kwargs["cfg"] = configmod.load(config_path, overrides)
+        from fieldhub.hub import load_config
+
+        kwargs["cfg"] = load_config(config_path, overrides)
         return f(*args, **kwargs)
     return wrapper
 

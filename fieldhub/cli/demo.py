@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fieldhub.cli.common import emit_json, example, json_option
-from fieldhub.core import config as configmod
 from fieldhub.core.datadir import REGISTRY_FILE, STORE_FILE
 from fieldhub.core.errors import TransportError
 
@@ -63,7 +62,7 @@ def run_demo(seconds: float = 30, data_dir: Path | None = None, live: bool = Tru
     import tempfile
 
     from fieldhub.cli.render import console
-    from fieldhub.hub import Hub
+    from fieldhub.hub import Hub, load_config
     from fieldhub.sources.mqtt.mosquitto import Mosquitto
 
     out = console()
@@ -90,7 +89,7 @@ def run_demo(seconds: float = 30, data_dir: Path | None = None, live: bool = Tru
     overrides = {"hub.data_dir": str(data_dir), "hub.id": ctx.hub_id, **ctx.overrides}
     if ctx.broker:
         overrides.setdefault("mqtt.broker", ctx.broker)
-    cfg = configmod.load(None, overrides, env={})
+    cfg = load_config(None, overrides, env={})
     hub = Hub(cfg)
     ctx.hub = hub
     hub.start()

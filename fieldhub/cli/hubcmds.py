@@ -25,7 +25,9 @@ def init(config_path: str, force: bool) -> None:
         raise FieldhubError(f"{path} exists; use --force to overwrite / 文件已存在")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(configmod.sample_config(), encoding="utf-8")
+        from fieldhub.hub import sample_config
+
+        path.write_text(sample_config(), encoding="utf-8")
     except OSError as exc:
         raise FieldhubError(f"cannot write {path}: {exc.strerror}") from None
     click.echo(f"wrote {path}; edit it, then: fieldhub run --config {path}")

@@ -37,6 +37,10 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
+#: colour of a component's state on screen
+STATE_STYLE = {"ok": "green", "retrying": "yellow", "down": "red", "off": "dim"}
+
+
 def print_status(s: dict[str, Any]) -> None:
     c = console()
     state = f"[green]running[/] (pid {s.get('pid')}, up {s.get('uptime_s', 0):.0f}s)" if s.get("running") \
@@ -73,9 +77,12 @@ def print_status(s: dict[str, Any]) -> None:
         t.add_row(name, *[str(b.get(k, 0)) for k in classes], str(info.get("backlog_total", 0)))
     c.print(t)
     for name, comp in sorted(s.get("components", {}).items()):
+        # the common shape: state, then the one-line scalars (nested values live under detail)
         brief = ", ".join(f"{k}={v}" for k, v in comp.items()
-                          if isinstance(v, (int, float, str)) and k != "consumer")
-        c.print(f"[bold]{name}[/]: {brief}")
+                          if isinstance(v, (int, float, str)) and k not in ("consumer", "state"))
+        state = comp.get("state")
+        mark = f"[{STATE_STYLE.get(state, 'white')}]{state}[/] " if state else ""
+        c.print(f"[bold]{name}[/]: {mark}{brief}")
     errors = s.get("recent_errors") or []
     if errors:
         c.print("recent problems 最近问题:")

@@ -9,19 +9,30 @@ A component (a source, a sink, the uplink, later alarms, drills, imagery) has
   "detail": {...}}``: top-level values are numbers, strings, booleans or None that a script
   can read and a screen can show on one line; everything nested lives under ``detail``;
 * ``commands()`` — ``{"presence": fn, ...}``, registered on the control socket as
-  ``<name>.presence``; each ``fn(args: dict) -> JSON-able`` result.
+  ``<name>.presence``; each ``fn(args: dict) -> JSON-able`` result. A component whose socket
+  commands predate its name sets ``command_prefix`` (the drones answer ``drone.list``).
 
 ``ComponentSpec`` names one part for the hub's list (``fieldhub.hub.COMPONENTS``): its name,
 its config section and class (as ``"module:Class"``, imported only when config is loaded,
 and the class's module imports nothing heavy), and its builder (``"module:function"``,
-imported only when a hub is built).
+imported only when a hub is built). A builder is typed on its own section and lives in its
+part (which never imports ``fieldhub.hub``)::
+
+    def build(ctx: HubContext, cfg: MqttConfig) -> MqttIngest | None:   # None = not configured
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Protocol, runtime_checkable
+
+from fieldhub.core.config import Config
+from fieldhub.core.log import DurableLog
+from fieldhub.core.oplog import OpLog
+from fieldhub.core.registry import Registry
 
 State = Literal["ok", "retrying", "down", "off"]
 STATES: tuple[str, ...] = ("ok", "retrying", "down", "off")
@@ -42,6 +53,12 @@ class Component(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def commands(self) -> Mapping[str, Command]: ...
+
+
+def command_prefix(component: Any) -> str:
+    """The prefix of a component's control-socket commands: ``command_prefix`` if set, else its name."""
+    prefix: str = getattr(component, "command_prefix", "") or component.name
+    return prefix
 
 
 def make_status(state: str, detail: Mapping[str, Any] | None = None, **scalars: Any) -> dict[str, Any]:
@@ -89,3 +106,21 @@ class ComponentSpec:
     config: str
     #: "module:function" taking (HubContext, section config) and returning a component or None
     builder: str
+
+
+@dataclass
+class HubContext:
+    """What a component builder may use; builders pass on only what their part needs."""
+
+    config: Config
+    data_dir: Path
+    hub_id: str
+    log: DurableLog
+    registry: Registry
+    oplog: OpLog
+    #: set when the hub is stopping; long-running parts may wait on it
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+#: a builder: (context, its own config section, or None for a component without one) -> component or None
+Builder = Callable[[HubContext, Any], Any]

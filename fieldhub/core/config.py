@@ -1,7 +1,9 @@
 """Typed configuration: one TOML file, overridable by ``FIELDHUB_*`` variables and flags.
 
-Each component owns a frozen dataclass whose fields are its TOML keys; the section table
-below lists them (``"module:Class"``, imported when loading). Precedence: ``--set``/flags,
+Each component owns a frozen dataclass whose fields are its TOML keys. This module knows only
+its own sections ([hub], [log]); the caller passes the others as ``{section: "module:Class"}``
+(the hub derives them from its component list, ``fieldhub.hub.SECTIONS``); a class is imported
+when loading, and its module imports nothing heavy. Precedence: ``--set``/flags,
 then environment (``FIELDHUB_<SECTION>_<KEY>``, e.g. ``FIELDHUB_LOG_DISK_CAP=2GiB``), then
 the file, then the dataclass default. Every error names the file, the key path and what
 was expected.
@@ -85,41 +87,28 @@ class LogConfig:
     compact_interval: Duration = Duration(5.0)
 
 
-@dataclass(frozen=True)
-class StoreConfig:
-    """[store] the embedded local time-series store (SQLite)."""
-
-    enabled: bool = True
-    #: records older than this (by their timestamp) are deleted
-    retention: Duration = Duration(90 * 86400)
-    #: records per write batch
-    batch: int = 5000
-
-
-#: section name -> "module:Class"; a component adds its section here (one line).
-SECTIONS: dict[str, str] = {
+#: the sections this module owns; a component's section comes from the hub's component list
+CORE_SECTIONS: dict[str, str] = {
     "hub": "fieldhub.core.config:HubConfig",
     "log": "fieldhub.core.config:LogConfig",
-    "store": "fieldhub.core.config:StoreConfig",
-    "mqtt": "fieldhub.sources.mqtt.ingest:MqttConfig",
-
-    # serial devices (issue 4)
-    "serial": "fieldhub.sources.serial.ingest:SerialConfig",
-
-    # drones / MAVLink (issue 5)
-    "mavlink": "fieldhub.sources.mavlink.config:MavlinkConfig",
-
-    # InfluxDB sink (issue 6)
-    "influx": "fieldhub.sinks.influx.writer:InfluxConfig",
-
-    # uplink, links, center (issue 7)
-    "uplink": "fieldhub.uplink.config:UplinkConfig",
 }
 
 
-def _section_class(name: str) -> type:
-    module, _, cls = SECTIONS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+def all_sections(sections: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The core sections, then ``sections`` (name -> "module:Class") in their order."""
+    out = dict(CORE_SECTIONS)
+    for name, ref in (sections or {}).items():
+        if name in out and out[name] != ref:
+            raise ValueError(f"config section [{name}] declared twice ({out[name]}, {ref})")
+        out[name] = ref
+    return out
+
+
+def section_class(ref: str) -> type:
+    """``"module:Class"`` -> the config class (imported now)."""
+    module, _, cls = ref.partition(":")
+    klass: type = getattr(importlib.import_module(module), cls)
+    return klass
 
 
 class Config:
@@ -131,6 +120,16 @@ class Config:
 
     def section(self, name: str) -> Any:
         return self._sections[name]
+
+    @property
+    def hub(self) -> HubConfig:
+        section: HubConfig = self._sections["hub"]
+        return section
+
+    @property
+    def log(self) -> LogConfig:
+        section: LogConfig = self._sections["log"]
+        return section
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -160,8 +159,10 @@ def find_config(explicit: str | None) -> Path | None:
 
 
 def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-         env: Mapping[str, str] | None = None) -> Config:
-    """Load and validate the config. ``overrides`` maps ``section.key`` to values from flags."""
+         env: Mapping[str, str] | None = None, sections: Mapping[str, str] | None = None) -> Config:
+    """Load and validate the config. ``overrides`` maps ``section.key`` to values from flags;
+    ``sections`` names the components' sections (``fieldhub.hub.load_config`` passes them all)."""
+    known = all_sections(sections)
     file = find_config(str(path) if path else None)
     where = str(file) if file else "<defaults>"
     raw: dict[str, Any] = {}
@@ -176,29 +177,29 @@ def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = N
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", file=str(file)) from None
     for name in raw:
-        if name not in SECTIONS:
+        if name not in known:
             raise ConfigError(f"unknown section [{name}]", file=where, key=name,
-                              expected="one of " + ", ".join(sorted(SECTIONS)))
+                              expected="one of " + ", ".join(sorted(known)))
         if not isinstance(raw[name], dict):
             raise ConfigError("must be a table", file=where, key=name, expected=f"[{name}]")
     layered: dict[str, dict[str, tuple[Any, str]]] = {
-        name: {k: (v, where) for k, v in raw.get(name, {}).items()} for name in SECTIONS}
+        name: {k: (v, where) for k, v in raw.get(name, {}).items()} for name in known}
     for var, value in (os.environ if env is None else env).items():
         if not var.startswith("FIELDHUB_") or var == "FIELDHUB_CONFIG":
             continue
         rest = var[len("FIELDHUB_"):].lower()
         section, _, key = rest.partition("_")
-        if section not in SECTIONS or not key:
+        if section not in known or not key:
             continue
         layered[section][key] = (value, f"environment {var}")
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        if section not in SECTIONS or not key:
+        if section not in known or not key:
             raise ConfigError(f"unknown setting {dotted!r}", file="command line", key=dotted,
-                              expected="section.key, sections: " + ", ".join(sorted(SECTIONS)))
+                              expected="section.key, sections: " + ", ".join(sorted(known)))
         layered[section][key] = (value, "command line")
-    sections = {name: _build(_section_class(name), layered[name], name) for name in SECTIONS}
-    return Config(sections, file)
+    built = {name: _build(section_class(known[name]), layered[name], name) for name in known}
+    return Config(built, file)
 
 
 def _build(cls: type, values: Mapping[str, tuple[Any, str]], prefix: str) -> Any:
@@ -345,13 +346,14 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def sample_config() -> str:
-    """A sample TOML file documenting every key above its commented-out default."""
+def sample_config(sections: Mapping[str, str] | None = None) -> str:
+    """A sample TOML file documenting every key above its commented-out default (the core
+    sections, then ``sections``)."""
     out = ["# fieldhub configuration. Every key is shown with its default, commented out.",
            "# Each key can also be set by environment (FIELDHUB_<SECTION>_<KEY>) or by",
            "# `--set section.key=value` on the command line.", ""]
-    for name in SECTIONS:
-        cls = _section_class(name)
+    for name, ref in all_sections(sections).items():
+        cls = section_class(ref)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         out.append(f"# {doc}" if doc else f"# [{name}]")
         out.append(f"[{name}]")

@@ -1,8 +1,9 @@
 """The control socket: a Unix socket in the data dir speaking one JSON object per line.
 
 Request ``{"cmd": "status", "args": {...}}``; reply ``{"ok": true, "result": ...}`` or
-``{"ok": false, "error": "..."}``. Handlers are plain functions registered by name, so a
-component adds commands (``drone.command``, ``uplink.status``...) without touching this file.
+``{"ok": false, "error": "..."}``. Handlers are plain functions registered by name: the hub
+registers each component's ``commands()`` as ``<name>.<command>`` (``drone.command``,
+``uplink.status``...), so nothing here changes when a part adds one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable
 import orjson
 
 from fieldhub.core.errors import FieldhubError, HubNotRunning
+from fieldhub.core.worker import Worker
 
 Handler = Callable[[dict[str, Any]], Any]
 SOCKET_NAME = "hub.sock"
@@ -27,7 +29,7 @@ class ControlServer:
         self.path = path
         self.handlers: dict[str, Handler] = {}
         self._server: socketserver.ThreadingUnixStreamServer | None = None
-        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None
 
     def register(self, name: str, handler: Handler) -> None:
         if name in self.handlers:
@@ -54,18 +56,32 @@ class ControlServer:
         finally:
             os.umask(old)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
-        self._thread.start()
+        self._server.timeout = POLL_S
+        self._worker = Worker("control", _serve, self._server).start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop accepting (the accept loop is joined for at most ``timeout``), remove the socket. Idempotent."""
+        if self._worker is not None:
+            self._worker.stop(timeout)
+            self._worker = None
         if self._server is not None:
-            self._server.shutdown()
             self._server.server_close()
             self._server = None
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+#: how often the accept loop looks at its stop flag
+POLL_S = 0.2
+
+
+def _serve(stop: threading.Event, server: socketserver.BaseServer) -> None:
+    """The accept loop: one request at a time, each answered on its own daemon thread
+    (``serve_forever``'s ``shutdown`` would wait for it without a bound)."""
+    while not stop.is_set():
+        server.handle_request()
 
 
 def _dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import orjson
 
 from fieldhub.core.db import connect
+from fieldhub.core.component import HubContext
+from fieldhub.core.config import Duration
+from fieldhub.core.consumer import ConsumerRunner
+from fieldhub.core.datadir import STORE_FILE
 from fieldhub.core.errors import StorageError
 from fieldhub.core.records import Priority, Record
 
@@ -39,6 +44,17 @@ _UPSERT = ("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) D
            "source=excluded.source, fields=excluded.fields, tags=excluded.tags "
            "WHERE json_extract(points.tags, '$.via') = 'beidou' "
            "AND json_extract(excluded.tags, '$.via') IS NOT 'beidou'")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """[store] the embedded local time-series store (SQLite)."""
+
+    enabled: bool = True
+    #: records older than this (by their timestamp) are deleted
+    retention: Duration = Duration(90 * 86400)
+    #: records per write batch
+    batch: int = 5000
 
 
 class LocalStore:
@@ -176,3 +192,11 @@ class LocalStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def build(ctx: HubContext, cfg: StoreConfig) -> ConsumerRunner | None:
+    """Hub component builder: the store behind its consumer runner, unless ``[store] enabled = false``."""
+    if not cfg.enabled:
+        return None
+    store = LocalStore(ctx.data_dir / STORE_FILE, retention=cfg.retention or None)
+    return ConsumerRunner(ctx.log, store, batch=cfg.batch, oplog=ctx.oplog)

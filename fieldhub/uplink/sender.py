@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import zstandard
 
+from fieldhub.core.component import Command, HubContext
 from fieldhub.uplink import shortmsg
 from fieldhub.uplink.bearers.beidou import BeidouBearer
 from fieldhub.uplink.bearers.mqtt import MqttBearer
@@ -51,18 +52,19 @@ class _Flight:
     size: int
 
 
-def build(ctx: Any) -> "Uplink | None":
-    """COMPONENTS entry: the uplink when ``[uplink] enabled``."""
-    cfg: UplinkConfig = ctx.config.uplink
+def build(ctx: HubContext, cfg: UplinkConfig) -> "Uplink | None":
+    """Hub component builder: the uplink when ``[uplink] enabled``."""
     if not cfg.enabled:
         return None
-    up = Uplink(ctx.log, cfg, ctx.hub_id, ctx.oplog)
-    ctx.control.register("uplink.status", lambda args: up.status())
-    return up
+    return Uplink(ctx.log, cfg, ctx.hub_id, ctx.oplog)
 
 
 class Uplink:
     name = "uplink"
+
+    def commands(self) -> dict[str, Command]:
+        """``uplink.status`` on the control socket."""
+        return {"status": lambda args: self.status()}
 
     def __init__(self, log: DurableLog, cfg: UplinkConfig, hub_id: str, oplog: OpLog | None = None) -> None:
         self.log, self.cfg, self.hub_id = log, cfg, hub_id

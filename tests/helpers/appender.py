@@ -10,15 +10,14 @@ from __future__ import annotations
 import sys
 import threading
 
-from fieldhub.core import config
-from fieldhub.hub import Hub
+from fieldhub.hub import Hub, load_config
 from simulators.loadgen import vehicle_records
 
 
 def main() -> None:
     data_dir, start = sys.argv[1], int(sys.argv[2])
     limit = int(sys.argv[3]) if len(sys.argv) > 3 else 10**12
-    cfg = config.load(None, {"hub.data_dir": data_dir, "hub.id": "crash-test",
+    cfg = load_config(None, {"hub.data_dir": data_dir, "hub.id": "crash-test",
                              "log.compact_interval": "1s", "store.batch": 500}, env={})
     hub = Hub(cfg)
     stop = threading.Event()

@@ -13,10 +13,45 @@ from fieldhub.core.config import Duration, Size
 from fieldhub.core.errors import ConfigError
 
 
-def _default_rates() -> dict[str, float]:
-    from drivers.mavlink import DEFAULT_RATES
+#: per-kind records per second into the log, as ``drivers.mavlink.DEFAULT_RATES`` (a test keeps
+#: the two equal; the copy lets the config load without pymavlink)
+DEFAULT_RATES: dict[str, float] = {
+    "position": 2.0, "altitude": 1.0, "velocity": 1.0, "attitude": 1.0, "airdata": 1.0,
+    "battery": 0.2, "gps": 0.2, "drone_state": 0.1, "drone_event": 0.0, "command_ack": 0.0,
+}
 
+
+def _default_rates() -> dict[str, float]:
     return dict(DEFAULT_RATES)
+
+
+KINDS = ("udpin", "udpout", "tcp", "tcpin", "serial")
+DEFAULT_BAUD = 57600
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """``udpin:HOST:PORT``, ``udpout:HOST:PORT``, ``tcp:HOST:PORT``, ``tcpin:HOST:PORT`` or ``serial:PATH[:BAUD]``."""
+
+    kind: str
+    host: str
+    port: int
+    text: str
+
+    @classmethod
+    def parse(cls, text: str, key: str = "mavlink.endpoints") -> "EndpointSpec":
+        kind, _, rest = text.partition(":")
+        expected = ("udpin:HOST:PORT, udpout:HOST:PORT, tcp:HOST:PORT, tcpin:HOST:PORT or "
+                    "serial:/dev/ttyUSB0[:BAUD]")
+        if kind not in KINDS or not rest:
+            raise ConfigError(f"bad endpoint {text!r}", key=key, expected=expected)
+        if kind == "serial":
+            path, _, baud = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "")
+            return cls(kind, path, int(baud) if baud else DEFAULT_BAUD, text)
+        host, _, port = rest.rpartition(":")
+        if not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"bad endpoint {text!r}: port must be 0-65535", key=key, expected=expected)
+        return cls(kind, host or "0.0.0.0", int(port), text)
 
 
 @dataclass(frozen=True)
@@ -53,8 +88,6 @@ class MavlinkConfig:
     command_progress_timeout: Duration = Duration(30.0)
 
     def validate(self) -> None:
-        from fieldhub.sources.mavlink.endpoints import EndpointSpec
-
         for i, e in enumerate(self.endpoints):
             EndpointSpec.parse(e, f"mavlink.endpoints[{i}]")
         for i, e in enumerate(self.forward):

@@ -12,11 +12,13 @@ from typing import Any
 from drivers.mavlink import (ACTIONS, BAD_DATA_ID, CommandSpec, Telemetry, build, mav, new_parser, signer,
                              sync_signing_clock)
 
-from fieldhub.sources.mavlink.commands import CommandRunner
-from fieldhub.sources.mavlink.config import MavlinkConfig, load_keys
+from fieldhub.core.component import Command, HubContext, make_status
 from fieldhub.core.errors import FieldhubError, StorageError, TransportError
-from fieldhub.sources.mavlink.endpoints import KINDS, Endpoint, make_endpoint
 from fieldhub.core.records import Priority, Record
+from fieldhub.core.worker import Worker
+from fieldhub.sources.mavlink.commands import CommandRunner
+from fieldhub.sources.mavlink.config import KINDS, MavlinkConfig, load_keys
+from fieldhub.sources.mavlink.endpoints import Endpoint, make_endpoint
 
 ALARM_EVERY_NS = 10 * 10**9
 QUARANTINE_PER_MIN = 30
@@ -67,9 +69,11 @@ class DroneHub:
     """Reads every endpoint, keeps per-drone state, logs records, writes tlogs, runs commands."""
 
     name = "drones"
+    #: its control commands predate the component's name: drone.command, drone.list
+    command_prefix = "drone"
 
     def __init__(self, cfg: MavlinkConfig, log: Any, *, oplog: Any = None, registry: Any = None,
-                 tlog_dir: Path | None = None, control: Any = None) -> None:
+                 tlog_dir: Path | None = None) -> None:
         from fieldhub.sources.mavlink.tlog import TlogStore
 
         self.cfg = cfg
@@ -91,10 +95,11 @@ class DroneHub:
         self.telemetry = Telemetry(self._device_id, rates=cfg.rates, tags_for=self._tags)
         self.tlogs = TlogStore(tlog_dir or Path("tlog"), max_file=cfg.tlog_max_file,
                                max_total=cfg.tlog_max_total)
-        self.commands = CommandRunner(self._send_command, timeout=cfg.command_timeout,
-                                      attempts=cfg.command_attempts,
-                                      progress_timeout=cfg.command_progress_timeout,
-                                      system_id=cfg.system_id)
+        #: runs operator commands to the drone's final ack
+        self.runner = CommandRunner(self._send_command, timeout=cfg.command_timeout,
+                                    attempts=cfg.command_attempts,
+                                    progress_timeout=cfg.command_progress_timeout,
+                                    system_id=cfg.system_id)
         self.endpoints = [make_endpoint(e, self.on_data, "drone", f"mavlink.endpoints[{i}]")
                           for i, e in enumerate(cfg.endpoints)]
         self.endpoints += [make_endpoint(e, self.on_data, "drone", f"registry device {dev} transport.endpoint")
@@ -105,12 +110,13 @@ class DroneHub:
                       "dropped_bad_signature": 0, "forwarded_to_gcs": 0, "from_gcs": 0,
                       "append_errors": 0, "quarantined": 0, "unknown_messages": 0, "other_messages": 0}
         self._hb = new_parser(cfg.system_id, HUB_COMPONENT)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._monitor_worker = Worker("drones-monitor", self._monitor)
+        self._running = False
         self._q_budget = (0.0, 0)
-        if control is not None:
-            control.register("drone.command", self.control_command)
-            control.register("drone.list", lambda args: self.list())
+
+    def commands(self) -> dict[str, Command]:
+        """``drone.command`` and ``drone.list`` on the control socket."""
+        return {"command": self.control_command, "list": lambda args: self.list()}
 
     # ------------------------------------------------------------------ naming
     def _device_id(self, sysid: int) -> str:
@@ -147,27 +153,36 @@ class DroneHub:
             for ep in started:
                 ep.stop()
             raise
-        self._thread = threading.Thread(target=self._monitor, name="drones-monitor", daemon=True)
-        self._thread.start()
+        self._running = True
+        self._monitor_worker.start()
         self._op("info", "mavlink_started",
                  f"MAVLink on {', '.join(e.name for e in self.endpoints)}"
                  + (f", forwarding to {', '.join(g.name for g in self.gcs)}" if self.gcs else ""),
                  f"MAVLink 已启动：{', '.join(e.name for e in self.endpoints)}")
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the monitor and every endpoint within ``timeout`` in all, then close the tlogs. Idempotent."""
+        deadline = time.monotonic() + timeout
+        self._running = False
+        self._monitor_worker.signal()
+        for ep in self.endpoints + self.gcs:  # close every socket first, then wait for the threads
+            ep.stop(0)
+        self._monitor_worker.join(deadline - time.monotonic())
         for ep in self.endpoints + self.gcs:
-            ep.stop()
+            ep.stop(max(0.0, deadline - time.monotonic()))
         self.tlogs.close()
 
     def status(self) -> dict[str, Any]:
+        """ok while running with every endpoint connected; retrying while one reconnects; off when stopped."""
         with self._lock:
             drones = {d.device_id: d.summary() for d in self.drones.values()}
-        return {**self.stats, "rate_limited": self.telemetry.suppressed, "commands": dict(self.commands.stats),
-                "drones": drones, "endpoints": {e.name: e.status() for e in self.endpoints},
-                "forward": {e.name: e.status() for e in self.gcs}, "tlog": self.tlogs.status()}
+        endpoints = {e.name: e.status() for e in self.endpoints}
+        up = all(e["connected"] for e in endpoints.values())
+        state = "off" if not self._running else "ok" if up else "retrying"
+        return make_status(state, {"commands": dict(self.runner.stats), "drones": drones,
+                                   "endpoints": endpoints, "forward": {e.name: e.status() for e in self.gcs},
+                                   "tlog": self.tlogs.status()},
+                           **self.stats, rate_limited=self.telemetry.suppressed)
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -225,7 +240,7 @@ class DroneHub:
                 if msgid == _ID_HEARTBEAT:
                     self._heartbeat(d, m, now, records)
                 elif msgid == _ID_COMMAND_ACK:
-                    self.commands.on_ack(sysid, m)
+                    self.runner.on_ack(sysid, m)
                 handler = handlers.get(msgid)
                 if handler is not None:
                     out = handler(m, sysid, now)
@@ -401,9 +416,9 @@ class DroneHub:
             link[0].send(b"".join(bufs), link[1])
 
     # ------------------------------------------------------------------ monitor
-    def _monitor(self) -> None:
+    def _monitor(self, stop: threading.Event) -> None:
         last_hb = 0.0
-        while not self._stop.wait(0.25):
+        while not stop.wait(0.25):
             now_m = time.monotonic()
             records = []
             with self._lock:
@@ -466,7 +481,7 @@ class DroneHub:
         spec = build(action, list(args or []), d.autopilot, d.vehicle_type)
         if not d.online:
             raise FieldhubError(f"{d.device_id} is offline (no heartbeat) / 无人机离线")
-        result = self.commands.execute(d, spec)
+        result = self.runner.execute(d, spec)
         now = time.time_ns()
         fields = {k: v for k, v in result.items() if k not in ("drone",)}
         rec = Record.make("command", d.device_id, now, fields,
@@ -510,11 +525,9 @@ def from_registry(registry: Any) -> tuple[dict[int, str], dict[str, str]]:
     return ids, endpoints
 
 
-def build_drones(ctx: Any) -> DroneHub | None:
+def build_drones(ctx: HubContext, cfg: MavlinkConfig) -> DroneHub | None:
     """Hub component builder: None unless ``[mavlink] endpoints`` or a registered drone names one."""
-    cfg: MavlinkConfig = ctx.config.mavlink
     if not cfg.endpoints and not from_registry(ctx.registry)[1]:
         return None
     tlog_dir = Path(cfg.tlog_dir) if cfg.tlog_dir else ctx.data_dir / "tlog"
-    return DroneHub(cfg, ctx.log, oplog=ctx.oplog, registry=ctx.registry, tlog_dir=tlog_dir,
-                    control=ctx.control)
+    return DroneHub(cfg, ctx.log, oplog=ctx.oplog, registry=ctx.registry, tlog_dir=tlog_dir)

@@ -6,42 +6,16 @@ import random
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import serial
 
-from fieldhub.core.errors import ConfigError, TransportError
+from fieldhub.core.errors import TransportError
+from fieldhub.core.worker import Worker, stop_all
+from fieldhub.sources.mavlink.config import EndpointSpec
 
-KINDS = ("udpin", "udpout", "tcp", "tcpin", "serial")
-DEFAULT_BAUD = 57600
 #: a udpin peer not heard from for this long no longer gets our packets
 PEER_TTL_S = 60.0
-
-
-@dataclass(frozen=True)
-class EndpointSpec:
-    """``udpin:HOST:PORT``, ``udpout:HOST:PORT``, ``tcp:HOST:PORT``, ``tcpin:HOST:PORT`` or ``serial:PATH[:BAUD]``."""
-
-    kind: str
-    host: str
-    port: int
-    text: str
-
-    @classmethod
-    def parse(cls, text: str, key: str = "mavlink.endpoints") -> "EndpointSpec":
-        kind, _, rest = text.partition(":")
-        expected = ("udpin:HOST:PORT, udpout:HOST:PORT, tcp:HOST:PORT, tcpin:HOST:PORT or "
-                    "serial:/dev/ttyUSB0[:BAUD]")
-        if kind not in KINDS or not rest:
-            raise ConfigError(f"bad endpoint {text!r}", key=key, expected=expected)
-        if kind == "serial":
-            path, _, baud = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "")
-            return cls(kind, path, int(baud) if baud else DEFAULT_BAUD, text)
-        host, _, port = rest.rpartition(":")
-        if not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"bad endpoint {text!r}: port must be 0-65535", key=key, expected=expected)
-        return cls(kind, host or "0.0.0.0", int(port), text)
 
 
 OnData = Callable[["Endpoint", bytes, Any], None]
@@ -58,8 +32,10 @@ class Endpoint:
                       "handler_errors": 0}
         self.connected = False
         self.error = ""
+        #: one stop flag for the endpoint's reader and its per-client threads
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._workers: list[Worker] = []
+        self._opened = False
 
     @property
     def name(self) -> str:
@@ -67,18 +43,21 @@ class Endpoint:
 
     def start(self) -> None:
         self._open()
+        self._opened = True
         self._spawn(self._run, f"mav-{self.spec.kind}")
 
     def _spawn(self, fn: Callable[..., None], name: str, *args: Any) -> None:
-        t = threading.Thread(target=fn, args=args, name=name, daemon=True)
-        self._threads.append(t)
-        t.start()
+        self._workers = [w for w in self._workers if w.alive]  # ended client threads
+        self._workers.append(Worker(name, lambda _own_stop, *a: fn(*a), *args).start())
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 3.0) -> bool:
+        """Close the endpoint and join its threads within ``timeout`` in all; idempotent.
+        False if one was still alive at the deadline."""
         self._stop.set()
-        self._close()
-        for t in self._threads:
-            t.join(timeout=3)
+        if self._opened:
+            self._opened = False
+            self._close()
+        return stop_all(self._workers, timeout)
 
     def _deliver(self, data: bytes, peer: Any) -> None:
         self.stats["rx_bytes"] += len(data)

@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -18,9 +17,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fieldhub.core.config import Duration, Size
+from fieldhub.core.component import Command, HubContext, make_status
 from fieldhub.core.errors import ConfigError, FieldhubError, TransportError
 from fieldhub.core.log import DurableLog
+from fieldhub.core.worker import Worker
+from fieldhub.sources.mqtt.config import MqttConfig
 from fieldhub.sources.mqtt.client import BufferedClient
 from fieldhub.sources.mqtt.spec import SOURCE, UP_FILTER, Rejected, decode, is_will, parse_topic
 from fieldhub.sources.mqtt.state import STATE_FILE, MqttState
@@ -31,54 +32,11 @@ from fieldhub.core.registry import Device, Registry
 HUB_USER = "fieldhub"
 
 
-@dataclass(frozen=True)
-class MqttConfig:
-    """[mqtt] the broker the hub ingests from and dispatches to."""
-
-    #: mqtt://HOST:PORT or mqtts://HOST:PORT; "" disables MQTT
-    broker: str = ""
-    #: the hub's own broker account (written by `fieldhub provision broker-config`)
-    username: str = ""
-    password: str = ""
-    #: client id of the hub's persistent session ("" = fieldhub-<hub id>)
-    client_id: str = ""
-    #: CA certificate for mqtts:// ("" = system CAs)
-    tls_ca: str = ""
-    #: messages the broker may have in flight to the hub, unacknowledged (MQTT 5 Receive Maximum)
-    receive_maximum: int = 2000
-    #: how long the broker keeps the hub's session (and queues for it) while the hub is away
-    session_expiry: Duration = Duration(7 * 86400)
-    #: larger payloads are quarantined
-    max_payload: Size = Size(65536)
-    #: a device timestamp further than this from hub time is kept but flagged clock=suspect
-    max_clock_skew: Duration = Duration(300)
-    #: how long (device_id, seq) pairs are remembered for dedupe after the log compacted them
-    dedupe_horizon: Duration = Duration(86400)
-    #: silence after which a device is offline, per device kind ("default" for the rest)
-    offline_after: dict[str, Duration] = field(default_factory=lambda: {"default": Duration(600)})
-    #: where `fieldhub provision` keeps mosquitto.conf, password_file and acl_file ("" = <data_dir>/broker)
-    broker_dir: str = ""
-    #: the hub process's Python thread switch interval while MQTT runs ("0" keeps Python's 5ms).
-    #: paho's receive thread, the ingest worker and the log writer hand each message over; a
-    #: shorter interval cuts how long each waits for the interpreter lock (p99 latency, see BENCHMARKS.md)
-    switch_interval: Duration = Duration(0.001)
-
-    def validate(self) -> None:
-        if self.broker:
-            u = urlparse(self.broker)
-            if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-                raise ValueError(f"broker {self.broker!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
-        if not 1 <= self.receive_maximum <= 65535:
-            raise ValueError("receive_maximum must be 1..65535")
-
-
-def build(ctx: Any) -> "MqttIngest | None":
-    """Hub component builder (COMPONENTS slot)."""
-    cfg: MqttConfig = ctx.config.mqtt
+def build(ctx: HubContext, cfg: MqttConfig) -> "MqttIngest | None":
+    """Hub component builder: None unless ``[mqtt] broker`` is set."""
     if not cfg.broker:
         return None
-    return MqttIngest(cfg, ctx.log, ctx.registry, ctx.oplog, ctx.data_dir / STATE_FILE,
-                      hub_id=ctx.hub_id, control=ctx.control)
+    return MqttIngest(cfg, ctx.log, ctx.registry, ctx.oplog, ctx.data_dir / STATE_FILE, hub_id=ctx.hub_id)
 
 
 def broker_address(url: str) -> tuple[str, int, bool]:
@@ -199,8 +157,7 @@ class MqttIngest:
     name = "mqtt"
 
     def __init__(self, cfg: MqttConfig, log: DurableLog, registry: Registry, oplog: OpLog,
-                 state_path: Path, *, hub_id: str = "hub", control: Any = None,
-                 batch_max: int = 2000) -> None:
+                 state_path: Path, *, hub_id: str = "hub", batch_max: int = 2000) -> None:
         self.cfg, self.log, self.registry, self.oplog = cfg, log, registry, oplog
         self.hub_id = hub_id
         self.state_path = state_path
@@ -210,7 +167,6 @@ class MqttIngest:
         self._inbox: deque[tuple] = deque()
         self._wake = threading.Event()
         self._idle = False
-        self._stop = threading.Event()
         self._gen = 0
         self._committed: deque[list[tuple[str, int, bytes]]] = deque()
         self._closing = False
@@ -223,14 +179,18 @@ class MqttIngest:
         self.last_error: str | None = None
         self.acks = AckPipeline(self._send_acks, self._poke)
         self._client = self._make_client()
-        self._worker: threading.Thread | None = None
+        self._worker = Worker("mqtt-ingest", self._run)
+        self.state: MqttState  # opened by start()
+        self._running = False
+        self._old_switch: float | None = None
         self._devices: dict[str, Device | None] = {}
         self._devices_until = 0.0
         #: receive-to-durable seconds per message, when a benchmark sets a list here
         self.latencies: list[float] | None = None
-        if control is not None:
-            control.register("mqtt.presence", lambda args: self.presence_report())
-            control.register("mqtt.readmit", self._readmit_cmd)
+
+    def commands(self) -> dict[str, Command]:
+        """``mqtt.presence`` and ``mqtt.readmit`` on the control socket."""
+        return {"presence": lambda args: self.presence_report(), "readmit": self._readmit_cmd}
 
     # ---------------------------------------------------------------- the paho client
     def _make_client(self) -> mqtt.Client:
@@ -304,10 +264,10 @@ class MqttIngest:
         if self.cfg.switch_interval > 0:
             sys.setswitchinterval(float(self.cfg.switch_interval))
         self.state = MqttState(self.state_path)
+        self._running = True
         for dev, last, online, since, reason in self.state.load_presence():
             d = self.registry.get(dev)
             self.presence.devices[dev] = [last, online, since, reason, d.kind if d else "?"]
-        self._worker = threading.Thread(target=self._run, name="mqtt-ingest", daemon=True)
         self._worker.start()
         try:
             self._client.connect_async(self.host, self.port, keepalive=30, clean_start=False,
@@ -316,25 +276,33 @@ class MqttIngest:
             raise TransportError(f"mqtt broker {self.cfg.broker}: {exc}") from None
         self._client.loop_start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect, end the worker (joined for at most ``timeout``), save presence. Idempotent."""
+        if not self._running:
+            return
+        self._running = False
+        deadline = time.monotonic() + timeout
         self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
-        self._stop.set()
-        if self._worker is not None:
-            self._worker.join()
+        if not self._worker.stop(deadline - time.monotonic()):
+            self.oplog.write("warning", "mqtt_stop_slow",
+                             f"the MQTT worker did not end within {timeout:.1f}s; leaving it behind",
+                             f"MQTT 工作线程未在 {timeout:.1f} 秒内结束")
+            return  # it still owns the state db: closing it under the worker would corrupt its write
         self._flush_committed()
         self._save_presence(force=True)
         self.state.close()
-        sys.setswitchinterval(self._old_switch)
+        if self._old_switch is not None:
+            sys.setswitchinterval(self._old_switch)
 
     # ---------------------------------------------------------------- the worker
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         next_check = time.monotonic() + 1.0
         next_prune = time.monotonic() + 60
         next_flush = 0.0
         inbox = self._inbox
-        while not self._stop.is_set():
+        while not stop.is_set():
             self.acks.flush()
             if not inbox and not self.acks.has_ready():
                 self._idle = True
@@ -536,7 +504,9 @@ class MqttIngest:
         return MqttState.read_seen(self.state_path, device_id, seq)
 
     def status(self) -> dict[str, Any]:
-        return {"broker": self.cfg.broker, "connected": self.connected, **self.stats,
-                "awaiting_durable": self.acks.pending(), "inbox": len(self._inbox),
-                "online": self.presence.summary()["online"], "offline": self.presence.summary()["offline"],
-                "presence": self.presence.summary(), "last_error": self.last_error}
+        """ok when connected; retrying while paho reconnects; off when not running."""
+        state = "ok" if self.connected else "retrying" if self._running else "off"
+        summary = self.presence.summary()
+        return make_status(state, {"presence": summary}, broker=self.cfg.broker, connected=self.connected,
+                           **self.stats, awaiting_durable=self.acks.pending(), inbox=len(self._inbox),
+                           online=summary["online"], offline=summary["offline"], last_error=self.last_error)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import drivers
@@ -14,55 +12,12 @@ from drivers.base import Frame, ParseContext
 from drivers.transport import open_transport
 
 from fieldhub.core import profiles
-from fieldhub.core.config import Duration
+from fieldhub.core.component import Command, HubContext, make_status
 from fieldhub.core.errors import ConfigError, FieldhubError, ProtocolError, StorageError, ValidationError
 from fieldhub.core.records import Priority, Record
+from fieldhub.core.worker import Worker
+from fieldhub.sources.serial.config import SerialConfig, SerialPortConfig
 from fieldhub.sources.serial.sessions import SESSIONS, PtzSession, RdssSession, Session, TiantongSession
-
-
-@dataclass(frozen=True)
-class SerialPortConfig:
-    """One serial device."""
-
-    #: registry id of the device; its records carry the device's registry tags
-    device_id: str = ""
-    #: protocol driver: nmea, beidou_rdss, tiantong, dmr, pelco_d
-    driver: str = ""
-    #: pyserial URL or path: /dev/ttyUSB0, /dev/serial/by-id/..., a pty path, socket://host:port;
-    #: udp://0.0.0.0:4001 listens for datagrams (Motorola LRRP)
-    url: str = ""
-    #: firmware profile ("" = the device's registry model, else the driver's generic profile)
-    profile: str = ""
-    #: baud rate (0 = the profile's)
-    baud: int = 0
-    #: how often to poll the device (Tiantong CSQ/CREG, PTZ position); 0 = the profile's
-    poll_interval: Duration = Duration(0)
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class SerialConfig:
-    """[serial] serial field devices: GNSS, Beidou RDSS, Tiantong, DMR gateway, PTZ ball."""
-
-    #: the ports, e.g. ports = [{device_id = "bd-1", driver = "beidou_rdss", url = "/dev/ttyUSB0"}]
-    ports: list[SerialPortConfig] = field(default_factory=list)
-    #: first wait before reopening a port that went away (doubles, with jitter)
-    backoff_initial: Duration = Duration(0.5)
-    #: longest wait between reopen attempts
-    backoff_max: Duration = Duration(30.0)
-    #: at most this many bad frames per port per minute go to quarantine (the rest are only counted)
-    quarantine_per_minute: int = 30
-
-    def validate(self) -> None:
-        seen = set()
-        for i, p in enumerate(self.ports):
-            if p.driver not in profiles.FAMILIES:
-                raise ValueError(f"ports[{i}].driver {p.driver!r}: one of {', '.join(profiles.FAMILIES)}")
-            if not p.device_id or not p.url:
-                raise ValueError(f"ports[{i}]: device_id and url are required")
-            if p.device_id in seen:
-                raise ValueError(f"ports[{i}]: device {p.device_id} listed twice")
-            seen.add(p.device_id)
 
 
 class RateLimit:
@@ -116,7 +71,8 @@ class Port:
         self.last_record_ns = 0
         #: when set, the device's tags are looked up again at every (re)connect
         self.registry: Any = None
-        self._thread: threading.Thread | None = None
+        # the reader's loop is the transport's: transport.stop() ends it
+        self._reader = Worker(f"serial-{self.device_id}", lambda stop: self.transport.run(self.on_data))
 
     @property
     def connected(self) -> bool:
@@ -124,15 +80,16 @@ class Port:
 
     def start(self) -> None:
         self.session.start()
-        self._thread = threading.Thread(target=self.transport.run, args=(self.on_data,),
-                                        name=f"serial-{self.device_id}", daemon=True)
-        self._thread.start()
+        self._reader.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Close the port and end its reader and session threads within ``timeout``; idempotent.
+        False if a thread was still alive at the deadline."""
+        deadline = time.monotonic() + timeout
         self.transport.stop()
-        self.session.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.session.signal()
+        reader = self._reader.stop(deadline - time.monotonic())
+        return self.session.stop(deadline - time.monotonic()) and reader
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -274,14 +231,27 @@ class SerialIngest:
 
     def __init__(self, ports: list[Port]) -> None:
         self.ports = {p.device_id: p for p in ports}
+        self._running = False
 
     def start(self) -> None:
+        self._running = True
         for p in self.ports.values():
             p.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close every port; all of them within ``timeout`` together (they stop side by side)."""
+        self._running = False
+        deadline = time.monotonic() + timeout
+        for p in self.ports.values():  # signal all first: a slow port must not eat the others' time
+            p.transport.stop()
+            p.session.signal()
         for p in self.ports.values():
-            p.stop()
+            p.stop(max(0.0, deadline - time.monotonic()))
+
+    def commands(self) -> dict[str, Command]:
+        """``serial.status``, ``serial.bd_send``, ``serial.sms_send``, ``serial.ptz``, ``serial.send``."""
+        return {"status": lambda args: self.ports_status(), "bd_send": self.bd_send,
+                "sms_send": self.sms_send, "ptz": self.ptz, "send": self.send}
 
     def ports_status(self) -> dict[str, Any]:
         return {dev: p.status() for dev, p in self.ports.items()}
@@ -290,9 +260,10 @@ class SerialIngest:
         """Scalars first (what `fieldhub status` prints on one line), then every port in detail."""
         ports = self.ports_status()
         down = [dev for dev, p in ports.items() if not p["connected"]]
-        return {"ports": len(ports), "connected": len(ports) - len(down), "down": ",".join(down) or "-",
-                "records": sum(p["records"] for p in ports.values()),
-                "bad_frames": sum(p["bad_frames"] for p in ports.values()), "detail": ports}
+        state = "off" if not self._running else "retrying" if down else "ok"
+        return make_status(state, ports, ports=len(ports), connected=len(ports) - len(down),
+                           down=",".join(down) or "-", records=sum(p["records"] for p in ports.values()),
+                           bad_frames=sum(p["bad_frames"] for p in ports.values()))
 
     def _port(self, args: dict[str, Any], kind: type) -> Port:
         dev = args.get("device")
@@ -343,16 +314,10 @@ class SerialIngest:
         return {"device": port.device_id, **port.session.command(dict(args.get("command") or {}))}
 
 
-def build(ctx: Any) -> SerialIngest | None:
-    cfg: SerialConfig = ctx.config.serial
+def build(ctx: HubContext, cfg: SerialConfig) -> SerialIngest | None:
+    """Hub component builder: None unless ``[serial] ports`` lists an enabled port."""
     ports = [open_port(p, log=ctx.log, oplog=ctx.oplog, registry=ctx.registry, settings=cfg)
              for p in cfg.ports if p.enabled]
     if not ports:
         return None
-    comp = SerialIngest(ports)
-    ctx.control.register("serial.status", lambda args: comp.ports_status())
-    ctx.control.register("serial.bd_send", comp.bd_send)
-    ctx.control.register("serial.sms_send", comp.sms_send)
-    ctx.control.register("serial.ptz", comp.ptz)
-    ctx.control.register("serial.send", comp.send)
-    return comp
+    return SerialIngest(ports)

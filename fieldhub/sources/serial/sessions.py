@@ -20,6 +20,7 @@ from drivers.sentence import sentence
 
 from fieldhub.core.errors import FieldhubError, TransportError, ValidationError
 from fieldhub.core.records import Record
+from fieldhub.core.worker import Worker
 
 
 class Session:
@@ -34,23 +35,27 @@ class Session:
         self._answers: queue.Queue[tuple[Frame, list[Record]]] = queue.Queue(maxsize=256)
         self._listening = False
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(f"session-{port.device_id}", self._run)
+        #: set when the session stops: commands waiting for an answer give up at once
+        self._stop = self._worker.stop_event
         self.stats: dict[str, int] = {}
 
     # -- lifecycle
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"session-{self.port.device_id}", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def signal(self) -> None:
+        """Ask the worker to end (and commands waiting on the device to give up) without waiting."""
+        self._worker.signal()
         try:
             self._tasks.put_nowait(("", None))  # wake the worker
         except queue.Full:
             pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Idempotent; False if the worker (busy in a poll) was still alive after ``timeout``."""
+        self.signal()
+        return self._worker.join(timeout)
 
     def task(self, name: str, arg: Any = None) -> None:
         try:
@@ -61,9 +66,9 @@ class Session:
     def count(self, name: str, by: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + by
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         next_poll = time.monotonic() + (self.poll_interval or 3600)
-        while not self._stop.is_set():
+        while not stop.is_set():
             timeout = max(0.05, next_poll - time.monotonic()) if self.poll_interval else 0.5
             try:
                 name, arg = self._tasks.get(timeout=timeout)
