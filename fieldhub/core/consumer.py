@@ -76,13 +76,12 @@ class Batch:
 
 
 def ranges_of(entries: Sequence[Entry], after: Mapping[int, int]) -> Ranges:
-    """The ranges ``entries`` (read past ``after``) cover, per class."""
-    out: Ranges = {}
+    """The ranges ``entries`` (as ``Cursor.read`` returns them past ``after``: each class oldest
+    first) cover, per class."""
+    top: dict[int, int] = {}
     for e in entries:
-        p = int(e.record.priority)
-        lo = after.get(p, 0)
-        out[p] = (lo, max(out.get(p, (lo, lo))[1], e.seq))
-    return out
+        top[e.record.priority] = e.seq
+    return {int(p): (after.get(p, 0), hi) for p, hi in top.items()}
 
 
 class Output:

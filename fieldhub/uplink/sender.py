@@ -141,14 +141,15 @@ class UplinkOutput(Output):
         link = self._links[batch.dest]
         entries = batch.payload
         after = {p: lo for p, (lo, _hi) in batch.ranges.items()}
+        ranges = batch.ranges
         while True:
-            ranges = ranges_of(entries, after)
             meta = {**self._meta, "link": link.name}
             payload = encode_batch(WireBatch(self.hub_id, (self._boot << 32) | batch.id, now_ns(), ranges,
                                              [e.record for e in entries], meta), compressor=self._zstd)
             if len(payload) <= link.config.mtu or len(entries) == 1:
                 break
             entries = entries[:len(entries) // 2]
+            ranges = ranges_of(entries, after)
         try:
             link.send(payload)
         except TransportError as exc:
