@@ -21,7 +21,7 @@ import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from fieldhub.core.backoff import Backoff
@@ -197,7 +197,7 @@ class SinkOutput(Output):
 class _Failing:
     since: float
     attempts: int = 0
-    warned: float = field(default=0.0)
+    warned: float = 0.0
 
 
 class ConsumerRunner:
