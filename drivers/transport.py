@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import random
 import threading
 from typing import Any, Callable
 
 import serial
 
+from fieldhub.core.backoff import Backoff
 from fieldhub.core.errors import TransportError
 
 PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD,
           "M": serial.PARITY_MARK, "S": serial.PARITY_SPACE}
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter (aiomqtt style)."""
-
-    def __init__(self, initial: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
-        self.initial, self.cap = initial, cap
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.initial * (2 ** self.attempt))
-        self.attempt += 1
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class SerialTransport:

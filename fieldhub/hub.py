@@ -108,8 +108,7 @@ class Hub:
         if comp is None:
             return
         prefix = command_prefix(comp)
-        commands = getattr(comp, "commands", None)  # the sinks gain commands() with the consumer runner
-        for cmd, handler in (commands() if commands is not None else {}).items():
+        for cmd, handler in comp.commands().items():
             self.control.register(f"{prefix}.{cmd}", handler)
         self.components.append(comp)
 
@@ -155,7 +154,7 @@ class Hub:
         for i, comp in enumerate(started):
             share = max(0.5, (deadline - time.monotonic()) / (len(started) - i))
             try:
-                _stop(comp, share)
+                comp.stop(share)
             except Exception as exc:  # noqa: BLE001 - stopping one part must not strand the rest
                 self.oplog.write("error", "component_stop_failed", f"{comp.name}: {_one_line(exc)}",
                                  f"{comp.name} 停止失败：{_one_line(exc)}")
@@ -212,13 +211,3 @@ class Hub:
         status["components"] = {c.name: c.status() for c in self.components}
         status["recent_errors"] = [e for e in self.oplog.recent if e["level"] != "info"][-10:]
         return status
-
-
-def _stop(comp: Component, timeout: float) -> None:
-    """``comp.stop(timeout)``; the sinks take a timeout once they run on the consumer runner."""
-    import inspect
-
-    if "timeout" in inspect.signature(comp.stop).parameters:
-        comp.stop(timeout)
-    else:
-        comp.stop()  # type: ignore[call-arg]

@@ -151,7 +151,10 @@ class Probe:
 def test_components_commands_are_registered_under_their_prefix(tmp_path: Path, hubs: list[Hub]) -> None:
     data = tmp_path / "data"
     cfg = load_config(None, {"hub.data_dir": str(data), "store.enabled": False,
-                             "mavlink.endpoints": [f"udpin:127.0.0.1:{free_udp_port()}"]}, env={})
+                             "mavlink.endpoints": [f"udpin:127.0.0.1:{free_udp_port()}"],
+        "influx.url": f"http://127.0.0.1:{free_port()}", "influx.mode": "v1",
+        "uplink.enabled": True,
+        "uplink.links": [{"name": "geo", "kind": "mqtt", "url": f"mqtt://127.0.0.1:{free_port()}"}]}, env={})
     hub = Hub(cfg, extra=(lambda ctx: Probe("probe"), lambda ctx: Probe("second", prefix="alias")))
     hubs.append(hub)
     hub.start()
@@ -162,25 +165,25 @@ def test_components_commands_are_registered_under_their_prefix(tmp_path: Path, h
     assert control.call(data, "alias.echo", {"x": 1}) == {"from": "second", "x": 1}
 
 
-def test_a_running_hubs_sources_report_the_common_status_shape(tmp_path: Path, hubs: list[Hub]) -> None:
-    """mqtt (its broker not up: retrying), serial (a UDP port), drones (a udpin endpoint)."""
+def test_every_running_component_reports_the_common_status_shape(tmp_path: Path, hubs: list[Hub]) -> None:
+    """mqtt (its broker not up: retrying), serial (a UDP port), drones (a udpin endpoint), the
+    store, InfluxDB (nothing listening: retrying) and the uplink (its center broker down)."""
     data = tmp_path / "data"
     cfg = load_config(None, {
         "hub.data_dir": str(data),
         "mqtt.broker": f"mqtt://127.0.0.1:{free_port()}",
         "serial.ports": [{"device_id": "radio-1", "driver": "dmr", "url": "udp://127.0.0.1:0"}],
-        "mavlink.endpoints": [f"udpin:127.0.0.1:{free_udp_port()}"]}, env={})
+        "mavlink.endpoints": [f"udpin:127.0.0.1:{free_udp_port()}"],
+        "influx.url": f"http://127.0.0.1:{free_port()}", "influx.mode": "v1",
+        "uplink.enabled": True,
+        "uplink.links": [{"name": "geo", "kind": "mqtt", "url": f"mqtt://127.0.0.1:{free_port()}"}]}, env={})
     hub = Hub(cfg)
     hubs.append(hub)
     hub.start()
     components = hub.live_status()["components"]
-    assert {"mqtt", "serial", "drones"} <= set(components)
-    # the store, InfluxDB and uplink take the shape with the consumer runner (another branch):
-    # then this checks every component
-    pending = {"store", "influx", "uplink"}
+    assert set(components) == {"store", "mqtt", "serial", "drones", "influx", "uplink"}
     for name, status in components.items():
-        if name not in pending:
-            assert check_status(name, status) == [], status
+        assert check_status(name, status) == [], status
     mqtt, serial, drones = components["mqtt"], components["serial"], components["drones"]
     assert mqtt["state"] == "retrying" and mqtt["connected"] is False
     assert mqtt["detail"]["presence"] == {"online": 0, "offline": 0}

@@ -160,7 +160,7 @@ def test_parser_state_is_bounded() -> None:
     for _ in range(2000):
         for f in framer.feed(sentence("GPGSV,3,2,12,01,40,083,46,02,17,308,41,12,07,344,39,14,22,228,45")):
             parser.parse(f, ctx)
-    assert sum(len(v) for v in parser._gsv.values()) <= 68
+    assert sum(len(v) for v in parser._gsv_groups.values()) <= 68
     from drivers.sms_pdu import deliver_pdus
 
     tt = drivers.get("tiantong").parser({})

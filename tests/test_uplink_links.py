@@ -35,22 +35,22 @@ def test_failover_to_4g_and_back_to_geo(tmp_path: Path, mosquitto) -> None:
     up = Uplink(log, cfg, "vehicle-03")
     try:
         up.start()
-        wait_until(lambda: up.status()["routes"]["telemetry"] == "geo", 15, "geo to come up", 0.1)
+        wait_until(lambda: up.report()["routes"]["telemetry"] == "geo", 15, "geo to come up", 0.1)
         log.append([hubproc.record(i) for i in range(2000)])
         wait_until(lambda: len(center_ids(center_dir)) == 2000, 30, "records over geo", 0.2)
         assert geo.stats.bytes_up > 2000
         lte_before = lte.stats.bytes_up
         geo.outage()  # a stall: only probes can tell
         t0 = time.monotonic()
-        wait_until(lambda: up.status()["routes"]["telemetry"] == "4g", 15, "failover to 4g", 0.1)
+        wait_until(lambda: up.report()["routes"]["telemetry"] == "4g", 15, "failover to 4g", 0.1)
         failover_s = time.monotonic() - t0
         log.append([hubproc.record(i) for i in range(2000, 4000)])
         wait_until(lambda: len(center_ids(center_dir)) == 4000, 30, "records over 4g", 0.2)
         assert lte.stats.bytes_up - lte_before > 2000  # the batches really went over the 4G emulator
-        geo_link = next(l for l in up.status()["links"] if l["name"] == "geo")
+        geo_link = next(l for l in up.report()["links"] if l["name"] == "geo")
         assert geo_link["state"] != "up" and geo_link["loss"] > 0
         geo.restore()
-        wait_until(lambda: up.status()["routes"]["telemetry"] == "geo", 15, "failback to geo", 0.1)
+        wait_until(lambda: up.report()["routes"]["telemetry"] == "geo", 15, "failback to geo", 0.1)
         geo_before = geo.stats.bytes_up
         log.append([hubproc.record(i) for i in range(4000, 5000)])
         wait_until(lambda: len(center_ids(center_dir)) == 5000, 30, "records after failback", 0.2)
@@ -81,7 +81,7 @@ def test_beidou_only_alarm_arrives_as_a_short_message_within_one_card_interval(t
     up = Uplink(log, cfg, "vehicle-05")
     try:
         up.start()
-        wait_until(lambda: up.status()["links"][0]["state"] == "up", 15, "the Beidou card", 0.1)
+        wait_until(lambda: up.report()["links"][0]["state"] == "up", 15, "the Beidou card", 0.1)
         log.append([hubproc.record(i) for i in range(50)])  # telemetry: not allowed on Beidou, held
         first = alarm("geo-monitor-3", time.time_ns(), 1)
         t0 = time.monotonic()
@@ -98,7 +98,7 @@ def test_beidou_only_alarm_arrives_as_a_short_message_within_one_card_interval(t
         assert len(center_ids(center_dir)) == 2  # no telemetry went over Beidou
         assert net.terminals["0100001"].refused == 0  # the hub kept to the card interval
         assert took < interval
-        status = up.status()
+        status = up.report()
         assert status["routes"]["telemetry"] is None and status["backlog"]["telemetry"] == 50
         assert status["stats"]["short_messages"] == 2
         reg = HubRegistry(center_dir / "center.db", readonly=True).hubs()
@@ -169,7 +169,7 @@ def test_tiantong_sms_only_alarm_reaches_the_center(tmp_path: Path, mosquitto) -
     up = Uplink(log, cfg, "vehicle-06")
     try:
         up.start()
-        wait_until(lambda: up.status()["links"][0]["state"] == "up", 20, "Tiantong registration", 0.1)
+        wait_until(lambda: up.report()["links"][0]["state"] == "up", 20, "Tiantong registration", 0.1)
         log.append([hubproc.record(i) for i in range(20)])  # telemetry is not allowed on this link
         first = alarm("geo-monitor-4", time.time_ns(), 1)
         log.append([first])
@@ -179,7 +179,7 @@ def test_tiantong_sms_only_alarm_reaches_the_center(tmp_path: Path, mosquitto) -
         assert got[first.id].tags["via"] == "tiantong" and got[first.id].fields["code"] == 301
         assert len(center_ids(center_dir)) == 1
         assert hub_sim.sent[0]["number"] == center_sim.own_number and len(hub_sim.sent[0]["text"]) <= 160
-        status = up.status()
+        status = up.report()
         assert status["stats"]["short_messages"] == 1 and status["routes"]["telemetry"] is None
         wait_until(lambda: not center_sim.inbox, 10, "the center to delete the read SMS", 0.1)
         reg = HubRegistry(center_dir / "center.db", readonly=True).hubs()

@@ -86,7 +86,7 @@ def test_uplink_over_tls_with_client_certificates(tmp_path: Path, pki_dir: Path,
         wait_until(lambda: len(center_ids(center_dir)) == len(recs), 30, "records over TLS", 0.2)
         assert set(center_ids(center_dir)) == {r.id for r in recs}
         time.sleep(1)
-        links = {l["name"]: l for l in up.status()["links"]}
+        links = {l["name"]: l for l in up.report()["links"]}
         assert links["geo"]["state"] == "up" and links["geo"]["bytes_sent"] > 0
         # the cheaper link without a client certificate is refused by the broker, never used
         assert links["nocert"]["state"] == "down" and links["nocert"]["bytes_sent"] == 0

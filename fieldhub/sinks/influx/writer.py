@@ -3,27 +3,27 @@
 ``InfluxSink`` encodes records (``lineproto``) and posts them (``influx_http``); a batch the
 server refuses as bad data (400/413/422) is split in halves until the bad points are alone,
 and those are quarantined with the server's message while the rest is written.
-``InfluxWriter`` is the hub component: it reads the log through the ``influx`` cursor in
-batches (by size and time), keeps up to ``concurrency`` batches in flight, retries with a
-capped jittered backoff on 5xx, timeouts and lost connections, and advances the cursor only
-over the batches the server accepted, in order.
+``InfluxOutput`` is that sink as the consumer runner (``fieldhub.core.consumer``) drives it:
+raw log rows in batches by size and time, ``concurrency`` requests in flight. ``InfluxWriter``,
+the hub component, is the runner around it: it reads through the ``influx`` cursor, retries
+with the one backoff on 5xx, timeouts and lost connections, and advances the cursor only over
+the batches the server accepted, in order.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import sqlite3
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
 import orjson
 
-from fieldhub.core.consumer import Backoff
+from fieldhub.core.backoff import Backoff
+from fieldhub.core.consumer import Batch, ConsumerRunner, FutureOutput, Lane
 from fieldhub.sinks.influx.http import InfluxWriteError, Transport, V1Transport, V2Transport
 from fieldhub.core.body import decode, line_parts
 from fieldhub.core.component import HubContext
@@ -253,155 +253,53 @@ class InfluxSink:
         self.transport.close()
 
 
-@dataclass
-class _Batch:
-    top: dict[int, int]
-    count: int
-    payload: Payload
-    future: Future | None = None
-
-
 def _local(ts_ns: int | None) -> str:
     if not ts_ns:
         return "-"
     return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
 
 
-class InfluxWriter:
-    """The hub component that drives an InfluxSink from the log (see the module docstring)."""
+class InfluxOutput(FutureOutput):
+    """The InfluxDB sink as the consumer runner drives it: raw log rows read in batches by size
+    and time (alarms and commands go at once), encoded by the C encoder, ``concurrency``
+    requests in flight; an idle probe of the server now and then."""
 
-    name = NAME
+    prefetch = True
+    warn_every = 60.0
+    restart_delay = 5.0
 
-    def __init__(self, log: DurableLog, sink: InfluxSink, cfg: InfluxConfig, *,
-                 oplog: OpLog | None = None) -> None:
+    def __init__(self, log: DurableLog, sink: InfluxSink, cfg: InfluxConfig) -> None:
+        super().__init__(NAME, cfg.concurrency)
         self.log, self.sink, self.cfg = log, sink, cfg
-        self.oplog = oplog or OpLog(None)
-        self.cursor = log.cursor(NAME, start=cfg.start)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="influx-post")
-        # cursor commits wait for an fsync: done in order on their own thread, off the hot path
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-commit")
-        self.written = 0
-        self.batches = 0
-        self.errors = 0
-        self.last_success: int | None = None
-        self.last_error: str | None = None
-        self.last_error_at: int | None = None
-        self.failing_since: float | None = None
-        self._failures = 0
-        self._last_warned = 0.0
+        self.batch = cfg.batch_size
+        self.settle_on_stop = min(3.0, float(cfg.timeout))
+        self._pending_since: float | None = None
         self._probed = self._last_activity = time.monotonic() - PROBE_INTERVAL  # probe at start
         #: what the last idle probe (GET /ping) found; writes update it too
         self.server = "not yet contacted"
 
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="influx-writer", daemon=True)
-        self._thread.start()
+    def read(self, cursor: Any, after: dict[int, int], lane: Lane) -> Batch | float | None:
+        rows, top = read_rows(self.log, after, self.cfg.batch_size)
+        if not rows:
+            self._pending_since = None
+            return None
+        count = sum(chunk.count for chunk in rows)
+        if count < self.cfg.batch_size and rows[0].prio > int(Priority.COMMAND):
+            now = time.monotonic()
+            if self._pending_since is None:
+                self._pending_since = now
+            if now - self._pending_since < self.cfg.batch_time:
+                # let a partial batch fill for up to batch_time (alarms and commands go at once)
+                return float(self.cfg.batch_time) - (now - self._pending_since)
+        self._pending_since = None
+        payload = self.sink.encode_rows(rows)
+        return Batch({p: (after.get(p, 0), hi) for p, hi in top.items()}, count, payload)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._pool.shutdown(wait=True)
-        self._committer.shutdown(wait=True)
-        self.sink.close()
+    def send(self, batch: Batch, done: Callable[[BaseException | None], None]) -> bool:
+        self.submit(self.sink.send, batch.payload, done)
+        return True
 
-    # ------------------------------------------------------------------ the loop
-    def _run(self) -> None:
-        """Run the loop; should anything unforeseen break it, say so and start it again."""
-        while not self._stop.is_set():
-            try:
-                self._loop()
-                return
-            except Exception as exc:  # noqa: BLE001 - the sink must outlive any one failure
-                self._failed(exc)
-                self.oplog.write("error", "influx_writer_restarted",
-                                 f"influx: writer loop failed ({exc!r}); restarting it in 5 s",
-                                 f"influx：写入循环出错（{exc!r}），5 秒后重启")
-                self._stop.wait(5.0)
-
-    def _loop(self) -> None:
-        backoff = Backoff(self.cfg.retry_initial, self.cfg.retry_max)
-        inflight: collections.deque[_Batch] = collections.deque()
-        after = self.log.positions(NAME)
-        pending_since: float | None = None
-        # the next batch, read and encoded while the slots are full, so a slot never waits for it
-        ready: _Batch | None = None
-        while True:
-            # settle finished batches, oldest first; the cursor moves over accepted ones only
-            while inflight and inflight[0].future.done():
-                batch = inflight.popleft()
-                exc = batch.future.exception()
-                if exc is None:
-                    self._accepted(batch)
-                    backoff.reset()
-                    continue
-                for other in inflight:  # let later batches finish; they are sent again (idempotent)
-                    other.future.exception()
-                inflight.clear()
-                ready = None  # read again from the cursor, like everything after the failure
-                self._committer.submit(lambda: None).result()  # earlier commits are durable
-                after = self.log.positions(NAME)
-                self._failed(exc)
-                delay = backoff.next()
-                retry_after = getattr(exc, "retry_after", None)
-                if retry_after:
-                    delay = min(max(delay, retry_after), self.cfg.retry_max)
-                self._stop.wait(delay)
-            if self._stop.is_set():
-                for batch in inflight:  # finish what is in flight; commit the accepted prefix
-                    if batch.future.exception() is not None:
-                        break
-                    self._accepted(batch)
-                return
-            if ready is not None:
-                if len(inflight) >= self.cfg.concurrency:
-                    self._wait_first(inflight)
-                    continue
-                ready.future = self._pool.submit(self.sink.send, ready.payload)
-                inflight.append(ready)
-                ready = None
-                continue
-            seen = self.log.last_seq
-            try:
-                rows, top = read_rows(self.log, after, self.cfg.batch_size)
-            except (sqlite3.Error, ValueError) as exc:  # a busy or damaged log: try again
-                self._failed(exc)
-                self._stop.wait(backoff.next())
-                continue
-            if not rows:
-                pending_since = None
-                if inflight:
-                    self._wait_first(inflight)
-                else:
-                    self._probe_if_idle()
-                    self.log.wait_for_data(seen, 0.5)
-                continue
-            count = sum(chunk.count for chunk in rows)
-            if count < self.cfg.batch_size and rows[0].prio > int(Priority.COMMAND):
-                now = time.monotonic()
-                if pending_since is None:
-                    pending_since = now
-                if now - pending_since < self.cfg.batch_time:
-                    # let a partial batch fill for up to batch_time (alarms and commands go at once)
-                    if inflight:
-                        self._wait_first(inflight)
-                    else:
-                        self._stop.wait(self.cfg.batch_time - (now - pending_since))
-                    continue
-            pending_since = None
-            try:
-                items = self.sink.encode_rows(rows)
-            except Exception as exc:  # noqa: BLE001 - e.g. the log refused a quarantine: retry later
-                self._failed(exc)
-                self._stop.wait(backoff.next())
-                continue
-            after.update(top)
-            ready = _Batch(top, count, items)
-
-    def _probe_if_idle(self) -> None:
+    def idle(self) -> None:
         """With nothing to write, ping the server now and then so status shows an outage early."""
         now = time.monotonic()
         if now - self._probed < PROBE_INTERVAL or now - self._last_activity < PROBE_INTERVAL:
@@ -413,77 +311,65 @@ class InfluxWriter:
         except InfluxWriteError as exc:
             self.server = f"unreachable: {exc}"
 
-    def _wait_first(self, inflight: collections.deque[_Batch]) -> None:
-        try:
-            inflight[0].future.exception(timeout=0.5)
-        except TimeoutError:
-            pass
-
-    def _commit(self, top: dict[int, int]) -> None:
-        try:
-            self.log.commit_cursor(NAME, top)
-        except Exception as exc:  # noqa: BLE001 - the batch is sent again later: idempotent
-            self._failed(exc)
-
-    def _accepted(self, batch: _Batch) -> None:
-        self._committer.submit(self._commit, batch.top)
+    def accepted(self, batch: Batch) -> None:
         self._last_activity = time.monotonic()
         self.server = "reachable"
-        self.written += batch.count
-        self.batches += 1
-        self.last_success = time.time_ns()
-        if self.failing_since is not None:
-            down = time.monotonic() - self.failing_since
-            self.oplog.write("info", "influx_recovered",
-                             f"influx: writes to {self.sink.transport.target} resumed after "
-                             f"{self._failures} failed attempts ({down:.0f}s)",
-                             f"influx：写入已恢复（失败 {self._failures} 次，{down:.0f} 秒）",
-                             failures=self._failures, seconds=round(down, 1))
-            self.failing_since = None
-            self._failures = 0
 
-    def _failed(self, exc: BaseException) -> None:
-        self.errors += 1
-        self._failures += 1
-        self.last_error = str(exc)
-        self.last_error_at = time.time_ns()
+    def failed(self, exc: BaseException) -> None:
         self._last_activity = time.monotonic()
         self.server = f"write failing: {exc}"
-        now = time.monotonic()
-        if self.failing_since is None:
-            self.failing_since = now
-        if now - self._last_warned >= 60 or self._failures == 1:
-            self._last_warned = now
-            hint = ""
-            if isinstance(exc, InfluxWriteError) and exc.auth:
-                hint = " — check credentials/permissions (fieldhub influx check)"
-            self.oplog.write("warning", "influx_write_failed",
-                             f"influx: write to {self.sink.transport.target} failed ({exc}){hint}; "
-                             f"retrying, nothing is lost",
-                             f"influx：写入失败（{exc}），正在重试，数据不会丢失",
-                             attempts=self._failures)
 
-    # ------------------------------------------------------------------ status
-    def status(self) -> dict[str, Any]:
-        by_class = self.cursor.backlog()
-        state = "retrying" if self.failing_since is not None else "ok"
-        return {
-            "mode": self.sink.transport.mode,
-            "target": self.sink.transport.target,
-            "state": state,
-            "server": self.server,
-            "backlog": sum(by_class.values()),
-            "written": self.written,
-            "batches": self.batches,
-            "quarantined": self.log.counters().get(QUARANTINE_COUNTER, 0),
-            "errors": self.errors,
-            "last_success": _local(self.last_success),
-            "last_error": self.last_error or "-",
-            "last_error_at": _local(self.last_error_at),
-            "detail": {"backlog_by_class": by_class, "last_success_ns": self.last_success,
-                       "last_error_ns": self.last_error_at, "requests": self.sink.requests,
-                       "encoder": self.sink.encoder_name},
-        }
+    def failure_line(self, exc: BaseException, delay: float, attempts: int) -> tuple[str, str, str]:
+        hint = ""
+        if isinstance(exc, InfluxWriteError) and exc.auth:
+            hint = " — check credentials/permissions (fieldhub influx check)"
+        return ("influx_write_failed",
+                f"influx: write to {self.sink.transport.target} failed ({exc}){hint}; retrying, nothing is lost",
+                f"influx：写入失败（{exc}），正在重试，数据不会丢失")
+
+    def recovery_line(self, attempts: int, seconds: float) -> tuple[str, str, str]:
+        return ("influx_recovered",
+                f"influx: writes to {self.sink.transport.target} resumed after {attempts} failed attempts "
+                f"({seconds:.0f}s)",
+                f"influx：写入已恢复（失败 {attempts} 次，{seconds:.0f} 秒）")
+
+    def restart_line(self, exc: BaseException, delay: float) -> tuple[str, str, str]:
+        return ("influx_writer_restarted", f"influx: writer loop failed ({exc!r}); restarting it in {delay:g} s",
+                f"influx：写入循环出错（{exc!r}），{delay:g} 秒后重启")
+
+    def status(self, runner: ConsumerRunner) -> dict[str, Any]:
+        st = runner.counters
+        return {"mode": self.sink.transport.mode, "target": self.sink.transport.target, "server": self.server,
+                "quarantined": self.log.counters().get(QUARANTINE_COUNTER, 0),
+                "last_success": _local(st["last_success"]), "last_error": st["last_error"] or "-",
+                "last_error_at": _local(st["last_error_at"]), "encoder": self.sink.encoder_name}
+
+    def detail(self, runner: ConsumerRunner) -> dict[str, Any]:
+        return {"last_success_ns": runner.counters["last_success"], "last_error_ns": runner.counters["last_error_at"],
+                "requests": self.sink.requests, "encoder": self.sink.encoder_name}
+
+    def close(self) -> None:
+        super().close()
+        self.sink.close()
+
+
+class InfluxWriter(ConsumerRunner):
+    """The hub component: the consumer runner driving an ``InfluxOutput`` through the ``influx`` cursor."""
+
+    def __init__(self, log: DurableLog, sink: InfluxSink, cfg: InfluxConfig, *,
+                 oplog: OpLog | None = None) -> None:
+        self.cfg = cfg
+        super().__init__(log, InfluxOutput(log, sink, cfg), oplog=oplog, start=cfg.start,
+                         backoff=Backoff(float(cfg.retry_initial), float(cfg.retry_max)))
+        self.sink = sink
+
+    @property
+    def written(self) -> int:
+        return int(self.counters["written"])
+
+    @property
+    def errors(self) -> int:
+        return int(self.counters["errors"])
 
 
 def build(ctx: HubContext, cfg: InfluxConfig) -> InfluxWriter | None:

@@ -13,6 +13,7 @@ from drivers import beidou_rdss
 from drivers.sentence import sentence, split_fields
 
 from fieldhub.core.errors import TransportError
+from fieldhub.core.worker import DEFAULT_JOIN, Worker
 from fieldhub.uplink.config import LinkConfig
 
 
@@ -36,8 +37,7 @@ class BeidouBearer:
         self.name, self.config, self.hub_id = config.name, config, hub_id
         self.on_line = on_line
         self._port: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(f"beidou-{self.name}", self._run)
         self._lock = threading.Lock()
         self._fki: deque[dict[str, Any]] = deque(maxlen=8)
         self.bad_frames = 0
@@ -59,13 +59,11 @@ class BeidouBearer:
         return max(float(self.config.card_interval), float(iv))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"beidou-{self.name}", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+    def stop(self, timeout: float = DEFAULT_JOIN) -> None:
+        """Idempotent; waits at most ``timeout`` for the reader thread."""
+        self._worker.stop(timeout)
         self._close()
 
     def _close(self) -> None:
@@ -85,14 +83,14 @@ class BeidouBearer:
             self.last_error = f"cannot open {self.config.url}: {exc}"
             self._port = None
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         framer = beidou_rdss.framer()
         next_query = 0.0
-        while not self._stop.is_set():
+        while not stop.is_set():
             if self._port is None:
                 self._open()
                 if self._port is None:
-                    self._stop.wait(2)
+                    stop.wait(2)
                     continue
             now = time.monotonic()
             try:

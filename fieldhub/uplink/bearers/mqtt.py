@@ -61,6 +61,7 @@ class MqttBearer:
         self.client.max_queued_messages_set(0)
         self._connected = False
         self._lock = threading.Lock()
+        self._running = False
         self._probes: dict[int, float] = {}
         self._results: deque[float | None] = deque(maxlen=PROBE_WINDOW)
         self._fails = 0
@@ -106,10 +107,16 @@ class MqttBearer:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        self._running = True
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Idempotent. The network thread is paho's own (``loop_start``); after ``disconnect``
+        it ends at its next select (at most about a second)."""
+        if not self._running:
+            return
+        self._running = False
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from drivers.tiantong import AtFramer
 
 from fieldhub.core.errors import TransportError
+from fieldhub.core.worker import DEFAULT_JOIN, Worker, stop_all
 from fieldhub.uplink.config import LinkConfig
 
 SMS_BUDGET = 120  # bytes: base64 of 120 bytes is 160 GSM characters, one SMS
@@ -103,8 +104,8 @@ class TiantongSmsBearer:
     def __init__(self, config: LinkConfig, hub_id: str) -> None:
         self.name, self.config, self.hub_id = config.name, config, hub_id
         self.at = AtPort(config.url, self._urc)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._workers = [Worker(f"tiantong-{self.name}", self._run),
+                         Worker(f"tiantong-rx-{self.name}", self._read_loop)]
         self.registered = False
         self.rssi: int | None = None
         self.last_heard = 0.0
@@ -131,20 +132,18 @@ class TiantongSmsBearer:
             self.rssi = int(m.group(1))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"tiantong-{self.name}", daemon=True)
-        self._thread.start()
+        for w in self._workers:
+            w.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+    def stop(self, timeout: float = DEFAULT_JOIN) -> None:
+        """Idempotent; waits at most ``timeout`` in all for the prober and the reader."""
+        stop_all(self._workers, timeout)
         self.at.close()
 
-    def _run(self) -> None:
-        reader = threading.Thread(target=self._read_loop, name=f"tiantong-rx-{self.name}", daemon=True)
-        reader.start()
+    def _run(self, stop: threading.Event) -> None:
+        """The prober: registration and signal every 10 s, unless a send holds the port."""
         next_probe = 0.0
-        while not self._stop.wait(0.2):
+        while not stop.wait(0.2):
             if self.at.port is None or time.monotonic() < next_probe:
                 continue
             next_probe = time.monotonic() + 10
@@ -160,11 +159,11 @@ class TiantongSmsBearer:
             finally:
                 self.at.lock.release()
 
-    def _read_loop(self) -> None:
-        while not self._stop.is_set():
+    def _read_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             if self.at.port is None and not self.at.open():
                 self.last_error = f"cannot open {self.config.url}"
-                self._stop.wait(2)
+                stop.wait(2)
                 continue
             try:
                 self.at.pump()
