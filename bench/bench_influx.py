@@ -33,10 +33,10 @@ import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fieldhub.sinks.influx.writer import InfluxConfig, InfluxSink, InfluxWriter, make_transport  # noqa: E402
-from fieldhub.sinks.influx.lineproto import Encoder  # noqa: E402
 from fieldhub.core.log import DurableLog  # noqa: E402
 from fieldhub.core.records import Record  # noqa: E402
+from fieldhub.sinks.influx.lineproto import Encoder  # noqa: E402
+from fieldhub.sinks.influx.writer import InfluxConfig, InfluxSink, InfluxWriter, make_transport  # noqa: E402
 from tests.influx_servers import InfluxDB1, VictoriaMetrics  # noqa: E402
 
 BATCH = 5000

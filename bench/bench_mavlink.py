@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from drivers.mavlink import MavFramer, new_parser, read_tlog  # noqa: E402
+from fieldhub.core.log import DurableLog  # noqa: E402
 from fieldhub.sources.mavlink.config import MavlinkConfig  # noqa: E402
 from fieldhub.sources.mavlink.drones import DroneHub  # noqa: E402
-from fieldhub.core.log import DurableLog  # noqa: E402
 
 DEFAULT_FILE = ROOT.parent / "shared" / "fixtures" / "mavlink" / "ardusub_small.tlog"
 CHUNK = 4096
@@ -84,7 +84,7 @@ def main() -> None:
     pieces = chunks(data)
     results: dict[str, list[float]] = {"bare": [], "hub": [], "hub_all_records": []}
     records: dict[str, int] = {}
-    for run in range(args.runs):
+    for _ in range(args.runs):
         t, n = bare(pieces)
         assert n == n_good, (n, n_good)
         results["bare"].append(n / t)

@@ -35,10 +35,10 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fieldhub.hub import Hub, load_config  # noqa: E402
 from fieldhub.core.datadir import REGISTRY_FILE
-from fieldhub.sources.mqtt.mosquitto import Mosquitto  # noqa: E402
 from fieldhub.core.registry import Device, Registry  # noqa: E402
+from fieldhub.hub import Hub, load_config  # noqa: E402
+from fieldhub.sources.mqtt.mosquitto import Mosquitto  # noqa: E402
 from simulators.village import fleet_ids  # noqa: E402
 
 PUBLISHERS = 4

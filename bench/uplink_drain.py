@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from fieldhub.core.config import parse_duration  # noqa: E402
 from fieldhub.core.log import DurableLog  # noqa: E402
-from fieldhub.sources.mqtt.mosquitto import Mosquitto, free_port, wait_port  # noqa: E402
-from fieldhub.uplink.sender import Uplink  # noqa: E402
-from fieldhub.uplink.config import LinkConfig, UplinkConfig, parse_rate  # noqa: E402
-from simulators.link import LinkEmulator, LinkSpec  # noqa: E402
 from fieldhub.sinks.store import LocalStore  # noqa: E402
+from fieldhub.sources.mqtt.mosquitto import Mosquitto, free_port, wait_port  # noqa: E402
+from fieldhub.uplink.config import LinkConfig, UplinkConfig, parse_rate  # noqa: E402
+from fieldhub.uplink.sender import Uplink  # noqa: E402
+from simulators.link import LinkEmulator, LinkSpec  # noqa: E402
 from simulators.uplink_load import alarm, drone_positions, village_telemetry  # noqa: E402
 
 
@@ -102,7 +102,8 @@ def drain(name: str, recs: list, a: argparse.Namespace, bps: float, lat: float, 
     broker.stop()
     return {"data": name, "records": len(recs), "seconds": round(elapsed, 1),
             "records_per_s": round(len(recs) / elapsed), "wire_fraction": round(wire / bps, 3),
-            "payload_fraction": round(payload / bps, 3), "bytes_per_record": round(up.stats["bytes_sent"] / len(recs), 2),
+            "payload_fraction": round(payload / bps, 3),
+            "bytes_per_record": round(up.stats["bytes_sent"] / len(recs), 2),
             "batches": up.stats["batches_sent"], "resent": up.stats["resent_batches"],
             "alarm_latency_s": alarm_latency, "hub_cpu_us_per_record": round(hub_cpu / len(recs) * 1e6, 1),
             "center_cpu_us_per_record": round(center_cpu / len(recs) * 1e6, 1)}
@@ -160,7 +161,8 @@ def main() -> None:
         print(f"  {r['data']}: {r['records']:,} records in {r['seconds']} s = {r['records_per_s']:,} records/s; "
               f"wire {r['wire_fraction']:.0%} of the link bandwidth, batch payload {r['payload_fraction']:.0%}; "
               f"{r['bytes_per_record']} B/record, {r['batches']} batches, {r['resent']} resent; an alarm raised "
-              f"mid-drain reached the center in {r['alarm_latency_s']} s (batch time {a.batch_time} s, window {a.window}); "
+              f"mid-drain reached the center in {r['alarm_latency_s']} s "
+              f"(batch time {a.batch_time} s, window {a.window}); "
               f"CPU per record: hub {r['hub_cpu_us_per_record']} us, center {r['center_cpu_us_per_record']} us")
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fieldhub.core.errors import ProtocolError, ValidationError
 from fieldhub.core.records import Priority, Record

@@ -9,7 +9,8 @@ serial line or socket unchanged, which is what this driver reads.
 from __future__ import annotations
 
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fieldhub.core.errors import ProtocolError, ValidationError
 from fieldhub.core.records import Priority, Record
@@ -279,7 +280,8 @@ class DmrParser:
                 kind = "position" if "lat" in f and f.get("gps_valid") else "dmr_status"
                 prio = Priority.ALARM if emergency else Priority.POSITION
                 return [Record.make(kind, ctx.device_id, ctx.now_ns, f, tags=ctx.tags, priority=prio,
-                                    source=src, key=f"lp:{f['radio_ip']}:{f.get('gps_date')}T{f.get('gps_time')}:{key}")]
+                                    source=src,
+                                    key=f"lp:{f['radio_ip']}:{f.get('gps_date')}T{f.get('gps_time')}:{key}")]
             if raw[0] == HDAP_TMP and opcode == self.text_opcode:
                 return [self._text(payload, ctx, src, key)]
             return [Record.make("dmr_raw", ctx.device_id, ctx.now_ns,

@@ -6,9 +6,10 @@ import math
 import re
 import struct
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from pymavlink import mavutil
 from pymavlink.dialects.v20 import ardupilotmega as mavlink2

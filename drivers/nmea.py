@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import calendar
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fieldhub.core.records import Priority, Record, stable_id
 
@@ -313,4 +314,5 @@ def encode(command: Mapping[str, Any]) -> bytes:
 
 
 DRIVER = Driver(name="nmea", summary="NMEA 0183 GNSS receivers (GP/GL/GA/BD/GB/GN talkers)",
-                framer=framer, parser=NmeaParser, read_capture=read_text_capture, simulator="simulators.gnss:GnssSim", encoder=encode)
+                framer=framer, parser=NmeaParser, read_capture=read_text_capture,
+                simulator="simulators.gnss:GnssSim", encoder=encode)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fieldhub.core.errors import ValidationError
 from fieldhub.core.records import Priority, Record
@@ -73,7 +74,8 @@ class AtFramer:
 _EOL = re.compile(rb"\r\n|\r|\n")
 _NOISE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\xff]")
 _CSQ = re.compile(rb"^\+CSQ:\s*(\d+)\s*,\s*(\d+)")
-_CREG = re.compile(rb"^\+C(?:E)?REG:\s*(\d+)(?:\s*,\s*(\d+))?(?:\s*,\s*\"?([0-9A-Fa-f]*)\"?\s*,\s*\"?([0-9A-Fa-f]*)\"?)?")
+_CREG = re.compile(rb"^\+C(?:E)?REG:\s*(\d+)(?:\s*,\s*(\d+))?"
+                   rb"(?:\s*,\s*\"?([0-9A-Fa-f]*)\"?\s*,\s*\"?([0-9A-Fa-f]*)\"?)?")
 _CMTI = re.compile(rb'^\+CMTI:\s*"(\w+)"\s*,\s*(\d+)')
 _CMGR_TEXT = re.compile(rb'^\+CMGR:\s*"([^"]*)"\s*,\s*"([^"]*)"\s*,\s*"?[^"]*"?\s*,\s*"([^"]*)"')
 _CMGR_PDU = re.compile(rb"^\+CMGR:\s*(\d+)\s*,[^,]*,\s*(\d+)")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import serial
 
@@ -196,7 +197,7 @@ class DatagramTransport:
         return self._stop.is_set()
 
 
-def open_transport(url: str, **kw: Any) -> "SerialTransport | DatagramTransport":
+def open_transport(url: str, **kw: Any) -> SerialTransport | DatagramTransport:
     """``udp://`` listens for datagrams; everything else is a pyserial URL or path."""
     if url.startswith("udp://"):
         return DatagramTransport(url, **kw)

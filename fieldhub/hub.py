@@ -6,19 +6,19 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import orjson
 
 from fieldhub import __version__
 from fieldhub.core import config as configmod
 from fieldhub.core import profiles
-from fieldhub.core.component import (Component, ComponentSpec, HubContext, command_prefix, load_object)
+from fieldhub.core.component import Component, ComponentSpec, HubContext, command_prefix, load_object
 from fieldhub.core.config import Config
 from fieldhub.core.control import SOCKET_NAME, ControlServer
-from fieldhub.core.datadir import (HUB_INFO_FILE, LOG_FILE, OPLOG_FILE, REGISTRY_FILE, prepare_data_dir,
-                                   take_lock)
+from fieldhub.core.datadir import HUB_INFO_FILE, LOG_FILE, OPLOG_FILE, REGISTRY_FILE, prepare_data_dir, take_lock
 from fieldhub.core.errors import FieldhubError
 from fieldhub.core.log import DurableLog
 from fieldhub.core.oplog import OpLog

@@ -11,8 +11,7 @@ from typing import Any
 
 from pymavlink import mavutil
 
-from drivers.mavlink import mav, new_parser
-from drivers.mavlink import signer, sync_signing_clock
+from drivers.mavlink import mav, new_parser, signer, sync_signing_clock
 from fieldhub.sources.mavlink.endpoints import Endpoint, make_endpoint
 
 EARTH_R = 6378137.0

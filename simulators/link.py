@@ -122,7 +122,7 @@ class LinkEmulator:
             self._resume.set()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "LinkEmulator":
+    def start(self) -> LinkEmulator:
         self._thread = threading.Thread(target=self._thread_main, name="link-emulator", daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -171,7 +171,7 @@ class LinkEmulator:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(10)
 
-    def __enter__(self) -> "LinkEmulator":
+    def __enter__(self) -> LinkEmulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -94,7 +94,7 @@ class PtySim:
     def plugged(self) -> bool:
         return self.master >= 0
 
-    def start(self) -> "PtySim":
+    def start(self) -> PtySim:
         self._plug()
         self._thread = threading.Thread(target=self._run, name=f"sim-{self.kind}", daemon=True)
         self._thread.start()
@@ -112,7 +112,7 @@ class PtySim:
             except OSError:
                 pass
 
-    def __enter__(self) -> "PtySim":
+    def __enter__(self) -> PtySim:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drivers.pelco_d import LEFT, RIGHT, UP, DOWN, TELE, WIDE, PelcoFramer, frame_d
+from drivers.pelco_d import DOWN, LEFT, RIGHT, TELE, UP, WIDE, PelcoFramer, frame_d
 from fieldhub.core import profiles
 
 from .ptysim import PtySim

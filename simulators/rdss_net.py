@@ -54,7 +54,7 @@ class RdssNetwork:
         self.terminals[card] = t
         return t.path
 
-    def start(self) -> "RdssNetwork":
+    def start(self) -> RdssNetwork:
         self._thread = threading.Thread(target=self._run, name="rdss-net", daemon=True)
         self._thread.start()
         return self

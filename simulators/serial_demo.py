@@ -13,7 +13,6 @@ from .rdss import RdssSim
 from .tiantong import TiantongSim
 
 
-
 class SerialDemo:
     """GNSS (moving fix), Beidou RDSS, Tiantong, PTZ ball and DMR gateway; a Beidou message and an
     SMS sent to themselves once the hub runs; a little line noise and one GNSS unplug/replug."""

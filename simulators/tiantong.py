@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fieldhub.core.errors import ProtocolError
 from drivers.sms_pdu import decode_submit, deliver_pdus, split_text
+from fieldhub.core.errors import ProtocolError
 
 from .ptysim import PtySim
 

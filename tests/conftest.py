@@ -7,8 +7,8 @@ import pty
 import subprocess
 import sys
 import tty
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -15,8 +15,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -33,7 +34,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fieldhub-test-influx")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
@@ -69,7 +70,7 @@ class _Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self, timeout: float = 30.0) -> "_Server":
+    def start(self, timeout: float = 30.0) -> _Server:
         if shutil.which(self.binary) is None:
             pytest.fail(f"{self.binary} is not installed (Debian: apt-get install influxdb victoria-metrics)")
         self._log = open(self.workdir / "server.log", "ab")

@@ -8,8 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -57,7 +58,7 @@ class ProvisionedBroker:
                 str(self.dir), check=True)
         return creds
 
-    def start(self) -> "ProvisionedBroker":
+    def start(self) -> ProvisionedBroker:
         self.broker.start()
         return self
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from fieldhub.core import config
-from fieldhub.hub import SECTIONS, load_config, sample_config
 from fieldhub.core.consumer import ConsumerRunner
 from fieldhub.core.errors import ConfigError, ValidationError
 from fieldhub.core.log import DurableLog
 from fieldhub.core.records import Priority, Record, stable_id
 from fieldhub.core.registry import AdminCode, Device, Registry
+from fieldhub.hub import SECTIONS, load_config, sample_config
 from fieldhub.sinks.store import LocalStore
 
 

@@ -8,8 +8,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pymavlink import mavutil
 
@@ -103,7 +104,7 @@ command_timeout = "700ms"
         while time.monotonic() < deadline and not (len(got) == 2 and all("HEARTBEAT" in v for v in got.values())):
             try:
                 chunk, peer = gcs.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             for m in parser.parse_buffer(chunk) or ():
                 got.setdefault(m.get_srcSystem(), set()).add(m.get_type())
@@ -125,7 +126,7 @@ command_timeout = "700ms"
                 resend_at = time.monotonic() + 0.5
             try:
                 chunk, _ = gcs.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             ack_seen = any(m.get_type() == "COMMAND_ACK" and m.command == mav.MAV_CMD_DO_SET_MODE
                            and m.target_system == 255 and m.result == 0

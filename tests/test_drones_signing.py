@@ -6,21 +6,21 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from drivers.mavlink import mav
-from fieldhub.sources.mavlink.config import key_bytes
-from drivers.mavlink import signer
-from fieldhub.sources.mavlink.drones import DroneHub
-from fieldhub.hub import Hub, load_config
-from fieldhub.sources.mqtt.mosquitto import free_port
+from drivers.mavlink import mav, signer
+from fieldhub.cli.replay import replay_file
 from fieldhub.core.quarantine import list_items
 from fieldhub.core.records import Record
-from fieldhub.cli.replay import replay_file
+from fieldhub.hub import Hub, load_config
+from fieldhub.sources.mavlink.config import key_bytes
+from fieldhub.sources.mavlink.drones import DroneHub
 from fieldhub.sources.mavlink.tlog import TlogStore
+from fieldhub.sources.mqtt.mosquitto import free_port
 from simulators.drone import DroneSwarm, free_udp_port
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fieldhub.sinks.influx import writer as influx
-from fieldhub.core.datadir import LOG_FILE
-from fieldhub.sinks.influx.writer import QUARANTINE_COUNTER, Chunk, InfluxConfig, InfluxSink, make_transport
 from fieldhub.core import body as log_body
+from fieldhub.core.datadir import LOG_FILE
 from fieldhub.core.log import DurableLog
 from fieldhub.core.quarantine import list_items
 from fieldhub.core.records import Priority, Record
+from fieldhub.sinks.influx import writer as influx
+from fieldhub.sinks.influx.writer import QUARANTINE_COUNTER, Chunk, InfluxConfig, InfluxSink, make_transport
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 # keys and values that need escaping in line protocol or in JSON

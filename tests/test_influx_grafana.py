@@ -6,9 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from fieldhub.sinks.influx.writer import InfluxSink, make_transport
 from fieldhub.core.log import DurableLog
 from fieldhub.core.records import Priority, Record
+from fieldhub.sinks.influx.writer import InfluxSink, make_transport
 from tests.conftest import ROOT
 from tests.influx_servers import InfluxDB1, influxdb1  # noqa: F401
 from tests.test_influx_sink import v1_config

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fieldhub.sinks.influx.lineproto import Encoder, escape_key, format_field, nudge
 from fieldhub.core.records import Record
+from fieldhub.sinks.influx.lineproto import Encoder, escape_key, format_field, nudge
 
 
 def rec(fields, ts=1_700_000_000_123_456_789, tags=None, device="dev 1", kind="water_level", key=None):

@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub.sinks.influx.writer import QUARANTINE_COUNTER, InfluxConfig, InfluxSink, InfluxWriter, make_transport
 from fieldhub.core.log import DurableLog
 from fieldhub.core.quarantine import list_items
 from fieldhub.core.records import Priority, Record
+from fieldhub.sinks.influx.writer import QUARANTINE_COUNTER, InfluxConfig, InfluxSink, InfluxWriter, make_transport
 from tests.conftest import run_cli
 from tests.influx_servers import InfluxDB1, VictoriaMetrics, influxdb1, victoria  # noqa: F401
 

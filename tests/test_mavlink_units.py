@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 import drivers
-from drivers.mavlink import mav, mode_name, mode_number, new_parser
-from drivers.mavlink import build
+from drivers.mavlink import build, mav, mode_name, mode_number, new_parser
 from fieldhub.core.errors import ValidationError
 from tests.conftest import run_cli
 

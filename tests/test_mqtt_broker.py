@@ -8,10 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldhub.hub import Hub, load_config
 from fieldhub.core.records import Priority
-from tests.mqtt_util import (ProvisionedBroker, client, mqtt_records, quarantined, run_cli,
-                             wait_for)
+from fieldhub.hub import Hub, load_config
+from tests.mqtt_util import ProvisionedBroker, client, mqtt_records, quarantined, run_cli, wait_for
 
 pytestmark = pytest.mark.broker
 

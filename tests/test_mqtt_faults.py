@@ -12,10 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fieldhub.hub import Hub, load_config
 from fieldhub.core.log import DurableLog
-from tests.mqtt_util import (HubProcess, ProvisionedBroker, client, mqtt_records, quarantined,
-                             sim_process, wait_for)
+from fieldhub.hub import Hub, load_config
+from tests.mqtt_util import HubProcess, ProvisionedBroker, client, mqtt_records, quarantined, sim_process, wait_for
 
 pytestmark = pytest.mark.broker
 

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import cbor2
 import orjson
@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fieldhub.sources.mqtt.spec import Rejected, decode, is_will
-from fieldhub.sources.mqtt.provision import hash_password, verify_password
 from fieldhub.core.records import Priority
 from fieldhub.core.registry import Device
+from fieldhub.sources.mqtt.provision import hash_password, verify_password
+from fieldhub.sources.mqtt.spec import Rejected, decode, is_will
 
 RG = Device("rg-001", "rain_gauge", "420102001001")
 NOW = time.time_ns()
@@ -56,7 +56,7 @@ def test_channels_alarm_ack_position_status() -> None:
     assert k.kind == "cmd_ack" and k.priority == Priority.COMMAND and k.fields["cmd_id"] == "c-9"
     p = ok("fh/rg-001/up/position", {"seq": 3, "ts": "2026-11-30T08:00:00+08:00",
                                      "fields": {"lat": 30.59, "lon": 114.3}}).record
-    assert p.kind == "position" and p.ts == int(datetime(2026, 11, 30, tzinfo=timezone.utc).timestamp()) * 10**9
+    assert p.kind == "position" and p.ts == int(datetime(2026, 11, 30, tzinfo=UTC).timestamp()) * 10**9
     s = ok("fh/rg-001/up/status", {"seq": 4, "fields": {"battery_pct": 80}}).record
     assert s.kind == "status" and s.tags["clock"] == "hub" and s.ts == NOW
 

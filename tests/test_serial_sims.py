@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from fieldhub.core import control
-from fieldhub.core.errors import FieldhubError
-from fieldhub.hub import Hub, load_config
 from fieldhub.core.datadir import REGISTRY_FILE, STORE_FILE
+from fieldhub.core.errors import FieldhubError
 from fieldhub.core.records import Priority
 from fieldhub.core.registry import Device, Registry
+from fieldhub.hub import Hub, load_config
 from fieldhub.sinks.store import LocalStore
 from simulators.dmr import DmrSim
 from simulators.gnss import GnssSim
@@ -307,8 +307,8 @@ def test_device_registered_while_running_gets_tags_at_reconnect(rig: Rig) -> Non
 def test_capture_replayed_through_pty_in_split_pieces(tmp_path: Path, fixtures_dir: Path) -> None:
     """gpsfake-style: a real capture played into a pty, every sentence written in two random
     pieces; the port decodes exactly what a file replay decodes."""
-    from fieldhub.core.log import DurableLog
     from fieldhub.cli.replay import replay_file
+    from fieldhub.core.log import DurableLog
     from fieldhub.sources.serial.ingest import SerialPortConfig, open_port
 
     capture = fixtures_dir / "nmea" / "gpsd_unicore-um621.log"

@@ -10,9 +10,9 @@ import pytest
 from drivers import beidou_rdss, pelco_d, tiantong
 from drivers.base import Frame, ParseContext
 from drivers.sms_pdu import decode_deliver, decode_submit, submit_pdus
-from fieldhub.hub import load_config
 from fieldhub.core.errors import ConfigError, ValidationError
 from fieldhub.core.records import Priority
+from fieldhub.hub import load_config
 
 
 def test_pelco_encoder_matches_vectors(fixtures_dir: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fieldhub.uplink import shortmsg
 from fieldhub.core.errors import ProtocolError, ValidationError
 from fieldhub.core.records import Priority, Record
+from fieldhub.uplink import shortmsg
 from fieldhub.uplink.codec import Batch, decode_batch, encode_batch
 from simulators.uplink_load import alarm, drone_positions, village_telemetry
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fieldhub.hub import load_config
 from fieldhub.core.errors import ConfigError
+from fieldhub.hub import load_config
 from fieldhub.uplink.config import parse_rate
 
 GOOD = """

@@ -14,14 +14,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fieldhub.core import control
 from fieldhub.center.worker import HubRegistry
+from fieldhub.core import control
 from fieldhub.core.log import DurableLog
-from fieldhub.sources.mqtt.mosquitto import free_port, stop_process
 from fieldhub.sinks.store import LocalStore
-from fieldhub.uplink.sender import Uplink
+from fieldhub.sources.mqtt.mosquitto import free_port, stop_process
 from fieldhub.uplink.codec import decode_batch
 from fieldhub.uplink.config import LinkConfig, UplinkConfig
+from fieldhub.uplink.sender import Uplink
 from simulators.link import LinkEmulator, LinkSpec
 from tests import uplink_hubproc as hubproc
 from tests.conftest import ROOT, SOAK_SECONDS, fieldhub_cmd

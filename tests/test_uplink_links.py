@@ -9,10 +9,10 @@ import pytest
 
 from fieldhub.center.worker import HubRegistry
 from fieldhub.core.log import DurableLog
-from fieldhub.sources.mqtt.mosquitto import free_port
 from fieldhub.sinks.store import LocalStore
-from fieldhub.uplink.sender import Uplink
+from fieldhub.sources.mqtt.mosquitto import free_port
 from fieldhub.uplink.config import LinkConfig, UplinkConfig
+from fieldhub.uplink.sender import Uplink
 from simulators.link import LinkEmulator, LinkSpec
 from simulators.rdss_net import RdssNetwork
 from simulators.uplink_load import alarm
@@ -113,8 +113,8 @@ def test_beidou_only_alarm_arrives_as_a_short_message_within_one_card_interval(t
 @pytest.mark.parametrize("profile", ["rdss-bd2-level3", "rdss-bd3"])
 def test_beidou_bearer_drives_the_rdss_module_simulator(profile: str) -> None:
     """The bearer against the serial feature's RDSS module simulator (BD-2 and BD-3 feedback)."""
-    from fieldhub.uplink.bearers.beidou import BeidouBearer
     from fieldhub.core.errors import TransportError
+    from fieldhub.uplink.bearers.beidou import BeidouBearer
     from simulators.rdss import RdssSim
 
     sim = RdssSim(card="0242286", interval=30, profile=profile)

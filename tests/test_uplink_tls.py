@@ -17,14 +17,14 @@ from cryptography.x509.oid import NameOID
 
 from fieldhub.core.log import DurableLog
 from fieldhub.sources.mqtt.mosquitto import free_port
-from fieldhub.uplink.sender import Uplink
 from fieldhub.uplink.config import LinkConfig, UplinkConfig
+from fieldhub.uplink.sender import Uplink
 from tests import uplink_hubproc as hubproc
 from tests.test_uplink_flow import center_ids, center_worker, stop, wait_until
 
 
 def _cert(name: str, issuer_key, issuer_name, key, *, ca: bool = False, server: bool = False) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
          .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))

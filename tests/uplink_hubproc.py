@@ -12,8 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
-from fieldhub.hub import Hub, load_config
 from fieldhub.core.records import Priority, Record
+from fieldhub.hub import Hub, load_config
 
 T0 = 1_780_000_000_000_000_000
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from fieldhub.core.errors import StorageError
+from fieldhub.core.records import Record
 from fieldhub.sinks.influx.http import InfluxWriteError, V1Transport
 from fieldhub.sinks.influx.lineproto import Encoder
-from fieldhub.core.records import Record
 
 
 class CenterInflux:

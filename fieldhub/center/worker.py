@@ -16,21 +16,22 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fieldhub.uplink import shortmsg
-from fieldhub.uplink.bearers.mqtt import mqtt_client
-from fieldhub.core.errors import ProtocolError, StorageError, TransportError
 from fieldhub.core.db import connect
+from fieldhub.core.errors import ProtocolError, StorageError, TransportError
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Record
 from fieldhub.sinks.store import LocalStore
+from fieldhub.uplink import shortmsg
+from fieldhub.uplink.bearers.mqtt import mqtt_client
 from fieldhub.uplink.codec import decode_batch
 
 STORE_FILE, CENTER_FILE = "store.db", "center.db"

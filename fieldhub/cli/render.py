@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -25,7 +26,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = ""
 def _local(ts_ns: int | None) -> str:
     if not ts_ns:
         return "-"
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _bytes(n: int | None) -> str:

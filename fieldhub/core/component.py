@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from fieldhub.core.config import Config
 from fieldhub.core.log import DurableLog

@@ -20,9 +20,10 @@ import collections
 import itertools
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from fieldhub.core.backoff import Backoff
 from fieldhub.core.component import Command, make_status
@@ -110,10 +111,10 @@ class Output:
     def close(self) -> None:
         """Called by the runner after its thread ended (or was given up on)."""
 
-    def tick(self, runner: "ConsumerRunner") -> None:
+    def tick(self, runner: ConsumerRunner) -> None:
         """Once a round, before the window is filled: take acknowledgements, probe links."""
 
-    def sent(self, runner: "ConsumerRunner") -> None:
+    def sent(self, runner: ConsumerRunner) -> None:
         """After each batch sent, before the next is read (e.g. take acknowledgements)."""
 
     def lanes(self, inflight: Sequence[Batch]) -> list[Lane]:
@@ -166,11 +167,11 @@ class Output:
         """The operator-log line when writes resume after ``attempts`` failures (None: no line)."""
         return None
 
-    def status(self, runner: "ConsumerRunner") -> dict[str, Any]:
+    def status(self, runner: ConsumerRunner) -> dict[str, Any]:
         """The output's own values for the runner's status (nested ones go to ``detail``)."""
         return {}
 
-    def detail(self, runner: "ConsumerRunner") -> dict[str, Any]:
+    def detail(self, runner: ConsumerRunner) -> dict[str, Any]:
         """More for the status's ``detail`` (scalars that belong there rather than on top)."""
         return {}
 

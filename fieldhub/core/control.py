@@ -12,8 +12,9 @@ import os
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -122,7 +123,7 @@ def call(data_dir: Path | str, cmd: str, args: dict[str, Any] | None = None,
             if not chunk:
                 raise HubNotRunning("the hub closed the control connection")
             buf += chunk
-    except socket.timeout:
+    except TimeoutError:
         raise FieldhubError(f"the hub did not answer {cmd!r} within {timeout:.0f}s") from None
     finally:
         sock.close()

@@ -22,9 +22,9 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import orjson
 
@@ -551,7 +551,7 @@ class DurableLog:
             self._local.conn = conn
         return conn
 
-    def cursor(self, consumer: str, *, start: str = "earliest") -> "Cursor":
+    def cursor(self, consumer: str, *, start: str = "earliest") -> Cursor:
         self.register_consumer(consumer, start)
         return Cursor(self, consumer)
 

@@ -10,9 +10,10 @@ module and ``fieldhub.core.log`` run SQL on ``log.db``; bodies are read through
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -68,7 +69,7 @@ class LogView:
         self._close = close
 
     @classmethod
-    def open(cls, path: Path | str) -> "LogView":
+    def open(cls, path: Path | str) -> LogView:
         """A view of the log file at ``path`` with its own connection (close it when done).
 
         It opens the file as the hub does (not ``mode=ro``), so whoever closes last removes the
@@ -83,7 +84,7 @@ class LogView:
         if self._close is not None:
             self._close()
 
-    def __enter__(self) -> "LogView":
+    def __enter__(self) -> LogView:
         return self
 
     def __exit__(self, *exc: object) -> None:

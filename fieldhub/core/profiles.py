@@ -89,7 +89,8 @@ def validate(profile: dict[str, Any], file: str) -> None:
         ok = isinstance(v, tp) and not isinstance(v, bool) and (
             allowed[0] <= v <= allowed[1] if tp is int else v in allowed)
         if not ok:
-            raise ConfigError(f"bad value {v!r}", file=file, key=f"serial.{key}", expected=f"{tp.__name__} in {allowed}")
+            raise ConfigError(f"bad value {v!r}", file=file, key=f"serial.{key}",
+                              expected=f"{tp.__name__} in {allowed}")
     for item in profile.get("init", []):
         if not isinstance(item, str) or any(c in item for c in "\r\n"):
             raise ConfigError(f"bad init command {item!r}", file=file, key="init", expected="one-line strings")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -25,7 +26,7 @@ class Priority(IntEnum):
     BULK = 5
 
     @classmethod
-    def parse(cls, value: "Priority | str | int") -> "Priority":
+    def parse(cls, value: Priority | str | int) -> Priority:
         if isinstance(value, Priority):
             return value
         if isinstance(value, int):
@@ -84,7 +85,7 @@ class Record:
     @classmethod
     def make(cls, kind: str, device_id: str, ts: int, fields: Mapping[str, Any], *,
              tags: Mapping[str, str] | None = None, priority: Priority | str = Priority.TELEMETRY,
-             source: str = "", key: object = None) -> "Record":
+             source: str = "", key: object = None) -> Record:
         """Build a validated record; ``key`` (default: ts) makes the stable id unique per event."""
         if kind not in _GOOD_KINDS:
             if not _KIND_RE.match(kind or ""):
@@ -127,10 +128,10 @@ class Record:
         return orjson.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Record":
+    def from_dict(cls, d: Mapping[str, Any]) -> Record:
         return cls(d["kind"], d["device_id"], int(d["ts"]), d["fields"], d.get("tags") or {},
                    Priority.parse(d.get("priority", "telemetry")), d.get("source", ""), d["id"])
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "Record":
+    def from_json(cls, data: bytes | str) -> Record:
         return cls.from_dict(orjson.loads(data))

@@ -13,9 +13,10 @@ import io
 import re
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 
@@ -45,7 +46,7 @@ class AdminCode:
     code: str
 
     @classmethod
-    def parse(cls, value: str) -> "AdminCode":
+    def parse(cls, value: str) -> AdminCode:
         code = str(value).strip()
         if not re.fullmatch(r"\d{12}", code):
             raise ValidationError(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: how long a stop waits for a thread unless told otherwise
 DEFAULT_JOIN = 5.0
@@ -31,7 +32,7 @@ class Worker:
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         if self._thread is not None and self._thread.is_alive():
             return self
         self.stop_event.clear()

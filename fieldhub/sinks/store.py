@@ -5,17 +5,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import orjson
 
-from fieldhub.core.db import connect
 from fieldhub.core.component import HubContext
 from fieldhub.core.config import Duration
 from fieldhub.core.consumer import ConsumerRunner
 from fieldhub.core.datadir import STORE_FILE
+from fieldhub.core.db import connect
 from fieldhub.core.errors import StorageError
 from fieldhub.core.records import Priority, Record
 

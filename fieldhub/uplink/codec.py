@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import struct
-from itertools import accumulate
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from itertools import accumulate
+from typing import Any
 
 import orjson
 import zstandard

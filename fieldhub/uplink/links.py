@@ -9,12 +9,13 @@ is chosen again (fail back). Every switch is written to the operator log.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from fieldhub.uplink.bearers.beidou import BeidouBearer
-from fieldhub.uplink.bearers.mqtt import MqttBearer
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority
+from fieldhub.uplink.bearers.beidou import BeidouBearer
+from fieldhub.uplink.bearers.mqtt import MqttBearer
 from fieldhub.uplink.bearers.tiantong import TiantongSmsBearer
 from fieldhub.uplink.config import UplinkConfig, is_ip_url
 

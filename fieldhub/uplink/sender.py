@@ -18,13 +18,14 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 import zstandard
 
-from fieldhub.core.component import Command, HubContext
 from fieldhub.core.backoff import Backoff
+from fieldhub.core.component import Command, HubContext
 from fieldhub.core.consumer import Batch, ConsumerRunner, Done, Lane, Output, ranges_of
 from fieldhub.core.errors import TransportError, ValidationError
 from fieldhub.core.log import Cursor, DurableLog
@@ -35,7 +36,8 @@ from fieldhub.uplink import shortmsg
 from fieldhub.uplink.bearers.beidou import BeidouBearer
 from fieldhub.uplink.bearers.mqtt import MqttBearer
 from fieldhub.uplink.bearers.tiantong import TiantongSmsBearer
-from fieldhub.uplink.codec import Batch as WireBatch, encode_batch
+from fieldhub.uplink.codec import Batch as WireBatch
+from fieldhub.uplink.codec import encode_batch
 from fieldhub.uplink.config import UplinkConfig
 from fieldhub.uplink.links import LinkManager
 
@@ -46,7 +48,7 @@ URGENT = (Priority.ALARM, Priority.COMMAND)
 SHORT = (BeidouBearer, TiantongSmsBearer)
 
 
-def build(ctx: HubContext, cfg: UplinkConfig) -> "Uplink | None":
+def build(ctx: HubContext, cfg: UplinkConfig) -> Uplink | None:
     """Hub component builder: the uplink when ``[uplink] enabled``."""
     if not cfg.enabled:
         return None
@@ -289,7 +291,8 @@ class Uplink(ConsumerRunner):
         except ValidationError as exc:
             self._beidou_sent[rec.id] = time.time()  # cannot ever fit: do not retry it each interval
             self.up_output.stats["short_message_errors"] += 1
-            self.oplog.write("warning", "uplink_short_message_unfit", f"uplink: {exc}", f"上行：北斗短报文无法容纳：{exc}")
+            self.oplog.write("warning", "uplink_short_message_unfit", f"uplink: {exc}",
+                             f"上行：北斗短报文无法容纳：{exc}")
             return
         except TransportError as exc:
             self.up_output.stats["short_message_errors"] += 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fieldhub.sinks.influx.writer import InfluxConfig, make_transport
 from fieldhub.sinks.influx.http import InfluxWriteError, V1Transport
+from fieldhub.sinks.influx.writer import InfluxConfig, make_transport
 
 CHECK_MEASUREMENT = "fieldhub_check"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from fieldhub.core.records import Record
 

@@ -16,23 +16,24 @@ import collections
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
 from fieldhub.core.backoff import Backoff
-from fieldhub.core.consumer import Batch, ConsumerRunner, FutureOutput, Lane
-from fieldhub.sinks.influx.http import InfluxWriteError, Transport, V1Transport, V2Transport
 from fieldhub.core.body import decode, line_parts
 from fieldhub.core.component import HubContext
+from fieldhub.core.consumer import Batch, ConsumerRunner, FutureOutput, Lane
 from fieldhub.core.log import DurableLog
 from fieldhub.core.logview import Chunk
-from fieldhub.sinks.influx.config import InfluxConfig
-from fieldhub.sinks.influx.lineproto import Encoder
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority, Record
+from fieldhub.sinks.influx.config import InfluxConfig
+from fieldhub.sinks.influx.http import InfluxWriteError, Transport, V1Transport, V2Transport
+from fieldhub.sinks.influx.lineproto import Encoder
 
 NAME = "influx"
 QUARANTINE_COUNTER = "influx_quarantined"
@@ -256,7 +257,7 @@ class InfluxSink:
 def _local(ts_ns: int | None) -> str:
     if not ts_ns:
         return "-"
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
 
 
 class InfluxOutput(FutureOutput):

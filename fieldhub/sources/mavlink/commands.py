@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from drivers.mavlink import MAV_RESULT, CommandSpec, command_name, mav
-
 from fieldhub.core.errors import FieldhubError
 
 RESULT_IN_PROGRESS = mav.MAV_RESULT_IN_PROGRESS

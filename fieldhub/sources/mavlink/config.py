@@ -12,7 +12,6 @@ from pathlib import Path
 from fieldhub.core.config import Duration, Size
 from fieldhub.core.errors import ConfigError
 
-
 #: per-kind records per second into the log, as ``drivers.mavlink.DEFAULT_RATES`` (a test keeps
 #: the two equal; the copy lets the config load without pymavlink)
 DEFAULT_RATES: dict[str, float] = {
@@ -39,7 +38,7 @@ class EndpointSpec:
     text: str
 
     @classmethod
-    def parse(cls, text: str, key: str = "mavlink.endpoints") -> "EndpointSpec":
+    def parse(cls, text: str, key: str = "mavlink.endpoints") -> EndpointSpec:
         kind, _, rest = text.partition(":")
         expected = ("udpin:HOST:PORT, udpout:HOST:PORT, tcp:HOST:PORT, tcpin:HOST:PORT or "
                     "serial:/dev/ttyUSB0[:BAUD]")
@@ -58,13 +57,16 @@ class EndpointSpec:
 class MavlinkConfig:
     """[mavlink] drones over MAVLink: endpoints, ground-station forwarding, signing, tlogs, commands."""
 
-    #: where drones are: "udpin:0.0.0.0:14550", "udpout:HOST:PORT", "tcp:HOST:5760", "tcpin:0.0.0.0:5760", "serial:/dev/ttyUSB0:57600" (several allowed; [] = MAVLink off)
+    #: where drones are: "udpin:0.0.0.0:14550", "udpout:HOST:PORT", "tcp:HOST:5760",
+    #: "tcpin:0.0.0.0:5760", "serial:/dev/ttyUSB0:57600" (several allowed; [] = MAVLink off)
     endpoints: list[str] = field(default_factory=list)
-    #: ground stations the raw stream is forwarded to, and whose commands go back to the drones (e.g. "udpout:192.168.1.20:14550", "udpin:0.0.0.0:14551")
+    #: ground stations the raw stream is forwarded to, and whose commands go back to the drones
+    #: (e.g. "udpout:192.168.1.20:14550", "udpin:0.0.0.0:14551")
     forward: list[str] = field(default_factory=list)
     #: system id -> device id, e.g. {1 = "uav-wuhan-01"}; unlisted drones are "drone-<sysid>"
     drones: dict[str, str] = field(default_factory=dict)
-    #: device id -> MAVLink 2 signing key: 64 hex digits, or a passphrase (SHA-256, as MAVProxy/QGC); such drones must sign everything
+    #: device id -> MAVLink 2 signing key: 64 hex digits, or a passphrase (SHA-256, as MAVProxy/QGC);
+    #: such drones must sign everything
     signing_keys: dict[str, str] = field(default_factory=dict)
     #: TOML file with more "device id = key" lines (keep keys out of the main config; mode 0600)
     keystore: str = ""

@@ -9,9 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.mavlink import (ACTIONS, BAD_DATA_ID, CommandSpec, Telemetry, build, mav, new_parser, signer,
-                             sync_signing_clock)
-
+from drivers.mavlink import (
+    ACTIONS,
+    BAD_DATA_ID,
+    CommandSpec,
+    Telemetry,
+    build,
+    mav,
+    new_parser,
+    signer,
+    sync_signing_clock,
+)
 from fieldhub.core.component import Command, HubContext, make_status
 from fieldhub.core.errors import FieldhubError, StorageError, TransportError
 from fieldhub.core.records import Priority, Record
@@ -314,7 +322,8 @@ class DroneHub:
         d.alarm_at[reason] = now
         en = (f"{d.device_id}: dropped {n} {'unsigned' if reason == 'unsigned' else 'badly signed'} "
               f"MAVLink message(s) (sysid {d.sysid}, last {mtype}) - possible spoofing")
-        zh = f"{d.device_id}：丢弃 {n} 条{'未签名' if reason == 'unsigned' else '签名错误'}的 MAVLink 消息，可能遭到伪造"
+        what = "未签名" if reason == "unsigned" else "签名错误"
+        zh = f"{d.device_id}：丢弃 {n} 条{what}的 MAVLink 消息，可能遭到伪造"
         self._op("warning", f"mavlink_{reason}", en, zh, device=d.device_id)
         return Record.make("alarm", d.device_id, now, {
             "alarm": f"mavlink_{reason}", "count": n, "message_type": mtype,
@@ -412,7 +421,7 @@ class DroneHub:
                     links = {(id(e), None): (e, None) for e in self.endpoints}  # unknown yet: broadcast
                 for k, link in links.items():
                     out.setdefault(k, [link]).append(bytes(m._msgbuf))
-        for k, (link, *bufs) in out.items():
+        for link, *bufs in out.values():
             link[0].send(b"".join(bufs), link[1])
 
     # ------------------------------------------------------------------ monitor

@@ -6,7 +6,8 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import serial
 
@@ -132,7 +133,7 @@ class UdpIn(Endpoint):
         while not self._stop.is_set():
             try:
                 data, addr = self.sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 if self._stop.is_set():
@@ -222,7 +223,7 @@ class TcpClient(Endpoint):
         while not self._stop.is_set():
             try:
                 data = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as exc:
                 self.error = f"read: {exc.strerror or exc}"
@@ -280,7 +281,7 @@ class TcpIn(Endpoint):
         while not self._stop.is_set():
             try:
                 conn, addr = self.server.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -294,7 +295,7 @@ class TcpIn(Endpoint):
             while not self._stop.is_set():
                 try:
                     data = conn.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     return

@@ -8,8 +8,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -20,19 +21,19 @@ from paho.mqtt.properties import Properties
 from fieldhub.core.component import Command, HubContext, make_status
 from fieldhub.core.errors import ConfigError, FieldhubError, TransportError
 from fieldhub.core.log import DurableLog
-from fieldhub.core.worker import Worker
-from fieldhub.sources.mqtt.config import MqttConfig
-from fieldhub.sources.mqtt.client import BufferedClient
-from fieldhub.sources.mqtt.spec import SOURCE, UP_FILTER, Rejected, decode, is_will, parse_topic
-from fieldhub.sources.mqtt.state import STATE_FILE, MqttState
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority, Record
 from fieldhub.core.registry import Device, Registry
+from fieldhub.core.worker import Worker
+from fieldhub.sources.mqtt.client import BufferedClient
+from fieldhub.sources.mqtt.config import MqttConfig
+from fieldhub.sources.mqtt.spec import SOURCE, UP_FILTER, Rejected, decode, is_will, parse_topic
+from fieldhub.sources.mqtt.state import STATE_FILE, MqttState
 
 HUB_USER = "fieldhub"
 
 
-def build(ctx: HubContext, cfg: MqttConfig) -> "MqttIngest | None":
+def build(ctx: HubContext, cfg: MqttConfig) -> MqttIngest | None:
     """Hub component builder: None unless ``[mqtt] broker`` is set."""
     if not cfg.broker:
         return None

@@ -81,7 +81,7 @@ class Mosquitto:
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         conf = self.conf_file or self.write_conf()
         self.log_file = open(self.workdir / "stderr.log", "ab")
         self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=self.log_file,
@@ -100,7 +100,7 @@ class Mosquitto:
         self.stop()
         self.start()
 
-    def __enter__(self) -> "Mosquitto":
+    def __enter__(self) -> Mosquitto:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

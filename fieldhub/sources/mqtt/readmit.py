@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from fieldhub.core.errors import FieldhubError, StorageError
 from fieldhub.core.log import DurableLog
-from fieldhub.sources.mqtt.spec import SOURCE, Rejected, decode
 from fieldhub.core.registry import Registry
+from fieldhub.sources.mqtt.spec import SOURCE, Rejected, decode
 
 SeenLookup = Callable[[str, int], "bytes | None"]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from functools import lru_cache
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
 
 import cbor2
 import orjson
@@ -270,4 +271,4 @@ def is_will(channel: str, payload: bytes) -> bool:
 
 
 def utc_ms(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")

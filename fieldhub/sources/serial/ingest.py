@@ -10,7 +10,6 @@ from typing import Any
 import drivers
 from drivers.base import Frame, ParseContext
 from drivers.transport import open_transport
-
 from fieldhub.core import profiles
 from fieldhub.core.component import Command, HubContext, make_status
 from fieldhub.core.errors import ConfigError, FieldhubError, ProtocolError, StorageError, ValidationError

@@ -11,13 +11,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from drivers import beidou_rdss, pelco_d, tiantong
 from drivers.base import Frame
-from drivers.sms_pdu import split_text, submit_pdus
 from drivers.sentence import sentence
-
+from drivers.sms_pdu import split_text, submit_pdus
 from fieldhub.core.errors import FieldhubError, TransportError, ValidationError
 from fieldhub.core.records import Record
 from fieldhub.core.worker import Worker

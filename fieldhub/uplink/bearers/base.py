@@ -7,7 +7,8 @@ center's broker, ``beidou`` Beidou RDSS short messages, ``tiantong`` the satelli
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from fieldhub.uplink.config import LinkConfig
 

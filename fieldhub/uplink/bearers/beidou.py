@@ -7,11 +7,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from drivers import beidou_rdss
 from drivers.sentence import sentence, split_fields
-
 from fieldhub.core.errors import TransportError
 from fieldhub.core.worker import DEFAULT_JOIN, Worker
 from fieldhub.uplink.config import LinkConfig

@@ -12,10 +12,10 @@ import base64
 import re
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from drivers.tiantong import AtFramer
-
 from fieldhub.core.errors import TransportError
 from fieldhub.core.worker import DEFAULT_JOIN, Worker, stop_all
 from fieldhub.uplink.config import LinkConfig
