@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import importlib
 
+from firmware_profiles import FAMILIES
+
 from .base import Driver, Frame, Framer, ParseContext, Parser
 
 #: driver name -> module. A new protocol family adds one line.
 DRIVERS: dict[str, str] = {
 
-    # serial families (issue 4): nmea, beidou_rdss, tiantong, dmr, pelco_d
-    **{n: f"drivers.{n}" for n in ("nmea", "beidou_rdss", "tiantong", "dmr", "pelco_d")},
+    # serial families (issue 4): the one list is firmware_profiles.FAMILIES
+    **{n: f"drivers.{n}" for n in FAMILIES},
 
     # mavlink (issue 5)
     "mavlink": "drivers.mavlink",

@@ -11,8 +11,9 @@ import drivers.pelco_d
 from drivers.base import Frame, ParseContext
 from drivers.sentence import sentence
 from fieldhub.core.errors import ProtocolError
+from firmware_profiles import FAMILIES as SERIAL_FAMILIES
 
-FAMILIES = ["nmea", "beidou_rdss", "tiantong", "dmr", "pelco_d"]
+FAMILIES = list(SERIAL_FAMILIES)
 GOOD = {
     "nmea": [sentence("GNGGA,074150.00,3035.5680,N,11418.3300,E,1,14,0.8,35.0,M,-10.2,M,,"),
              sentence("GBGSV,1,1,02,201,45,120,42,209,30,210,38,1")],

@@ -24,6 +24,25 @@ def test_every_profile_validates() -> None:
     assert known_models() == names  # the registry validates device models against these
 
 
+def test_the_serial_family_table_is_the_one_list() -> None:
+    """firmware_profiles.FAMILIES names every serial family once: each has a driver with a
+    simulator, a session in the serial source, a default profile of its own family, and the
+    CLI's `sim serial` kinds come from it."""
+    import drivers
+    from fieldhub.cli.serial import KIND_DRIVER
+    from fieldhub.sources.serial.sessions import SESSIONS
+    from firmware_profiles import FAMILIES
+
+    assert set(SESSIONS) == set(FAMILIES) == set(profiles.FAMILIES)
+    assert set(FAMILIES) <= set(drivers.DRIVERS)
+    assert sorted(KIND_DRIVER.values()) == sorted(FAMILIES)
+    for name, family in FAMILIES.items():
+        assert drivers.get(name).simulator.startswith("simulators.")
+        assert profiles.load(family.default)["family"] == name
+        if family.section:
+            assert family.section in profiles.load(family.default)
+
+
 def test_extends_merges_child_over_base() -> None:
     bd3 = profiles.load("rdss-bd3")
     assert bd3["chain"] == ["rdss-bd3", "rdss-bd2-level3"]

@@ -13,11 +13,10 @@ import click
 from fieldhub.cli.common import emit_json, example, hub_options, json_option
 from fieldhub.core.config import Config
 from fieldhub.core.errors import FieldhubError, TransportError
+from firmware_profiles import FAMILIES
 
-SIM_KINDS = {"gnss": "simulators.gnss:GnssSim", "rdss": "simulators.rdss:RdssSim",
-             "tiantong": "simulators.tiantong:TiantongSim", "ptz": "simulators.ptz:PtzSim",
-             "dmr": "simulators.dmr:DmrSim"}
-KIND_DRIVER = {"gnss": "nmea", "rdss": "beidou_rdss", "tiantong": "tiantong", "ptz": "pelco_d", "dmr": "dmr"}
+#: simulator kind (`fieldhub sim serial KIND`) -> driver name, from the one list of serial families
+KIND_DRIVER = {family.sim: name for name, family in FAMILIES.items()}
 
 
 class _NullLog:
@@ -108,7 +107,7 @@ def profiles_show(name: str, as_json: bool) -> None:
 
 # ------------------------------------------------------------------ sim serial
 @click.command("serial")
-@click.argument("kind", type=click.Choice(sorted(SIM_KINDS)))
+@click.argument("kind", type=click.Choice(sorted(KIND_DRIVER)))
 @click.option("--profile", default="", help="Firmware profile the simulated device follows.")
 @click.option("--link", type=click.Path(dir_okay=False),
               help="Stable path to create for the pty (default: a temp path).")
@@ -133,7 +132,9 @@ def sim_serial(kind: str, profile: str, link: str | None, capture: str | None, r
     """
     import importlib
 
-    module, _, cls = SIM_KINDS[kind].partition(":")
+    import drivers
+
+    module, _, cls = drivers.get(KIND_DRIVER[kind]).simulator.partition(":")
     kw: dict[str, Any] = {"noise": noise, "split": split}
     if profile:
         from fieldhub.core import profiles as prof

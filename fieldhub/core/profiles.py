@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from fieldhub.core.errors import ConfigError
+from firmware_profiles import FAMILIES as _FAMILIES
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "firmware_profiles"
-FAMILIES = ("nmea", "beidou_rdss", "tiantong", "dmr", "pelco_d")
-#: the profile each family falls back to when a port names none
-DEFAULTS = {"nmea": "nmea-generic", "beidou_rdss": "rdss-bd2-level3", "tiantong": "tiantong-generic",
-            "dmr": "dmr-hytera-gateway", "pelco_d": "pelco-d-generic"}
+#: the serial families, in the one table that names them (see firmware_profiles/__init__.py)
+FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
 _TOP = {"family": str, "description": str, "device_kind": str, "extends": str, "init": list,
         "serial": dict, "quirks": dict, "rdss": dict, "tiantong": dict, "dmr": dict, "ptz": dict,
         "units": dict}
@@ -86,8 +85,11 @@ def validate(profile: dict[str, Any], file: str) -> None:
         if key not in serial:
             raise ConfigError("missing", file=file, key=f"serial.{key}", expected=tp.__name__)
         v = serial[key]
-        ok = isinstance(v, tp) and not isinstance(v, bool) and (
-            allowed[0] <= v <= allowed[1] if tp is int else v in allowed)
+        if tp is int:
+            lo, hi = allowed
+            ok = isinstance(v, int) and not isinstance(v, bool) and int(lo) <= v <= int(hi)
+        else:
+            ok = isinstance(v, str) and v in allowed
         if not ok:
             raise ConfigError(f"bad value {v!r}", file=file, key=f"serial.{key}",
                               expected=f"{tp.__name__} in {allowed}")
@@ -95,7 +97,7 @@ def validate(profile: dict[str, Any], file: str) -> None:
         if not isinstance(item, str) or any(c in item for c in "\r\n"):
             raise ConfigError(f"bad init command {item!r}", file=file, key="init", expected="one-line strings")
     fam = profile["family"]
-    section = {"beidou_rdss": "rdss", "tiantong": "tiantong", "pelco_d": "ptz"}.get(fam)
+    section = _FAMILIES[fam].section
     numbers = {"rdss": ("service_interval_s", "max_message_bits", "feedback_timeout_s", "max_retries"),
                "tiantong": ("poll_interval_s", "command_timeout_s", "sms_timeout_s"),
                "ptz": ("address", "poll_interval_s", "reply_timeout_s", "max_speed_dps")}
@@ -116,7 +118,7 @@ def validate(profile: dict[str, Any], file: str) -> None:
 
 def for_port(family: str, name: str = "") -> dict[str, Any]:
     """The profile a port uses: the named one (checked to match the driver), else the family default."""
-    profile = load(name or DEFAULTS[family])
+    profile = load(name or _FAMILIES[family].default)
     if profile["family"] != family:
         raise ConfigError(f"profile {name!r} is for driver {profile['family']}, not {family}", key="profile")
     return profile
