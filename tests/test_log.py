@@ -244,3 +244,27 @@ def test_real_disk_full_is_a_clear_error_and_loses_nothing_acknowledged(tmp_path
     got = {e.record.fields["v"] for e in log.cursor("check").read(100_000)}
     assert set(range(last_ack + 1)) <= got
     log.close()
+
+
+def test_close_is_bounded_when_the_writer_cannot_finish_and_acknowledges_nothing_late(tmp_path: Path) -> None:
+    """A writer stuck on its disk (here: another process holds the write lock) does not make
+    close() wait forever; what it had not committed is not acknowledged, and says so."""
+    import time
+
+    oplog = OpLog(tmp_path / "oplog.jsonl")
+    log = DurableLog(tmp_path / "log.db", commit_interval=0.01, oplog=oplog)
+    log.append(recs(10))
+    blocker = sqlite3.connect(tmp_path / "log.db", timeout=30, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for this lock
+    acked = threading.Event()
+    log.append(recs(5, start=10), callback=lambda result, error: acked.set())
+    t0 = time.monotonic()
+    log.close(timeout=0.5)
+    assert time.monotonic() - t0 < 3.0
+    assert not acked.is_set()  # not committed, so not acknowledged
+    assert [e for e in tail(tmp_path / "oplog.jsonl", 10) if e["event"] == "log_close_timeout"]
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert acked.wait(10)  # the writer finishes once the disk answers; the ack comes after the commit
+    db = sqlite3.connect(tmp_path / "log.db")
+    assert db.execute("SELECT count(*) FROM log").fetchone()[0] == 15

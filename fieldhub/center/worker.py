@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from fieldhub.core.db import connect
 from fieldhub.core.errors import ProtocolError, StorageError, TransportError
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Record
+from fieldhub.core.worker import Worker, stop_all
 from fieldhub.sinks.store import LocalStore
 from fieldhub.uplink import shortmsg
 from fieldhub.uplink.bearers.mqtt import mqtt_client
@@ -223,7 +224,7 @@ class CenterWorker:
 
         at = AtPort(self.tiantong_port, lambda line: None)
 
-        def pump() -> None:
+        def pump(_: threading.Event) -> None:
             while not stop.is_set():
                 if at.port is None:
                     stop.wait(0.5)
@@ -233,7 +234,14 @@ class CenterWorker:
                 except (OSError, TypeError, AttributeError):
                     at.close()
 
-        threading.Thread(target=pump, name="center-tiantong-rx", daemon=True).start()
+        reader = Worker("center-tiantong-rx", pump).start()
+        try:
+            self._poll_tiantong(stop, at, sms_payload)
+        finally:
+            reader.stop(2.0)
+
+    def _poll_tiantong(self, stop: threading.Event, at: Any, sms_payload: Callable[[str], bytes]) -> None:
+        """List the terminal's stored SMS every second; file fieldhub summaries, delete what was read."""
         ready = False
         while not stop.wait(1.0):
             try:
@@ -284,13 +292,11 @@ class CenterWorker:
 
     # ------------------------------------------------------------------ run
     def run(self, stop: threading.Event) -> None:
-        threads = []
-        for port, loop, name in ((self.beidou_port, self._beidou_loop, "center-beidou"),
-                                 (self.tiantong_port, self._tiantong_loop, "center-tiantong")):
-            if port:
-                t = threading.Thread(target=loop, args=(stop,), name=name, daemon=True)
-                t.start()
-                threads.append(t)
+        # each loop also watches the run's own ``stop``; the worker's event is for a bounded join
+        threads = [Worker(name, lambda _, loop=loop: loop(stop)).start()
+                   for port, loop, name in ((self.beidou_port, self._beidou_loop, "center-beidou"),
+                                            (self.tiantong_port, self._tiantong_loop, "center-tiantong"))
+                   if port]
         self.client.connect_async(self._host, self._port, keepalive=30, clean_start=True)
         self.client.loop_start()
         self.oplog.write("info", "center_started", f"center worker {self.worker} started",
@@ -300,7 +306,6 @@ class CenterWorker:
         finally:
             self.client.disconnect()
             self.client.loop_stop()
-            for t in threads:
-                t.join(5)
+            stop_all(threads, 5.0)
             self.store.close()
             self.registry.close()

@@ -34,6 +34,7 @@ from fieldhub.core.errors import DiskFullError, StorageError
 from fieldhub.core.logview import Entry, LogView
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import PROTECTED, Priority, Record, now_ns
+from fieldhub.core.worker import Worker
 
 __all__ = ["AppendResult", "Cursor", "DurableLog", "Entry", "LogView", "connect"]
 
@@ -92,6 +93,10 @@ class _Op:
             self.done.set()
 
 
+#: how long ``close`` waits for the writer to commit what is queued
+CLOSE_TIMEOUT = 60.0
+
+
 class DurableLog:
     """Append-only record log with per-consumer cursors; see the module docstring."""
 
@@ -120,8 +125,8 @@ class DurableLog:
         self.stats = {"appended": 0, "duplicates": 0, "commits": 0, "evicted": 0,
                       "compacted": 0, "append_errors": 0, "disk_full": 0}
         self._open()
-        self._writer = threading.Thread(target=self._run, name="log-writer", daemon=True)
-        self._writer.start()
+        # the writer ends on the ``None`` close() queues, after committing everything before it
+        self._writer = Worker("log-writer", lambda _stop: self._run()).start()
 
     # ---------------------------------------------------------------- opening, recovery
     def _open(self) -> None:
@@ -573,13 +578,21 @@ class DurableLog:
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Commit what is queued, then close. A writer that cannot finish within ``timeout``
+        (a disk that stopped answering) is left behind, said so, and its file left open:
+        what it had not committed was never acknowledged, so nothing acknowledged is lost."""
         if self._closed:
             return
         self._closed = True
         self._ops.append(None)
         self._wake.set()
-        self._writer.join()
+        if not self._writer.join(timeout):
+            self.oplog.write("error", "log_close_timeout",
+                             f"durable log: the writer did not finish within {timeout:g} s; "
+                             f"appends not yet committed were not acknowledged",
+                             f"持久日志：写线程 {timeout:g} 秒内未结束；未提交的记录未被确认")
+            return
         self._db.close()
         with self._changed:
             self._changed.notify_all()
