@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson  # noqa: E402
 import zstandard  # noqa: E402
 
-from fieldhub import shortmsg  # noqa: E402
 from fieldhub.sinks.influx.lineproto import Encoder  # noqa: E402
+from fieldhub.uplink import shortmsg  # noqa: E402
 from fieldhub.uplink.codec import Batch, decode_batch, encode_batch  # noqa: E402
 from simulators.uplink_load import alarm, drone_positions, village_telemetry  # noqa: E402
 

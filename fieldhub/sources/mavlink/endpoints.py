@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import socket
 import threading
 import time
@@ -11,6 +10,7 @@ from typing import Any
 
 import serial
 
+from fieldhub.core.backoff import Backoff
 from fieldhub.core.errors import TransportError
 from fieldhub.core.worker import Worker, stop_all
 from fieldhub.sources.mavlink.config import EndpointSpec
@@ -35,6 +35,8 @@ class Endpoint:
         self.error = ""
         #: one stop flag for the endpoint's reader and its per-client threads
         self._stop = threading.Event()
+        #: reconnect delays: 0.2-0.4 s first, doubling, at most 5 s
+        self._retry = Backoff(0.4, 5.0)
         self._workers: list[Worker] = []
         self._opened = False
 
@@ -79,10 +81,9 @@ class Endpoint:
         self.stats["tx_bytes"] += len(data)
         return True
 
-    def _backoff(self, attempt: int) -> None:
-        """Jittered, capped reconnect backoff."""
-        delay = min(5.0, 0.2 * 2 ** min(attempt, 5)) * (0.5 + random.random() / 2)
-        self._stop.wait(delay)
+    def _backoff(self) -> None:
+        """Wait before reconnecting: the one Backoff, reset by a connection that worked."""
+        self._stop.wait(self._retry.next())
 
     def status(self) -> dict[str, Any]:
         return {"kind": self.spec.kind, "role": self.role, "connected": self.connected,
@@ -196,20 +197,19 @@ class TcpClient(Endpoint):
         return [self.spec.text] if self.sock is not None else []
 
     def _run(self) -> None:
-        attempt = 0
         while not self._stop.is_set():
             try:
                 sock = socket.create_connection((self.spec.host, self.spec.port), timeout=3)
             except OSError as exc:
                 self.error = f"connect: {exc.strerror or exc}"
-                attempt += 1
-                self._backoff(attempt)
+                self._backoff()
                 continue
             sock.settimeout(0.5)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self.sock = sock
-            self.connected, self.error, attempt = True, "", 0
+            self.connected, self.error = True, ""
+            self._retry.reset()
             self._read(sock)
             with self._lock:
                 self.sock = None
@@ -217,7 +217,7 @@ class TcpClient(Endpoint):
             self.connected = False
             if not self._stop.is_set():
                 self.stats["reconnects"] += 1
-                self._backoff(1)
+                self._backoff()
 
     def _read(self, sock: socket.socket) -> None:
         while not self._stop.is_set():
@@ -332,18 +332,17 @@ class SerialEndpoint(Endpoint):
         return [self.spec.host] if self.port_obj is not None else []
 
     def _run(self) -> None:
-        attempt = 0
         while not self._stop.is_set():
             try:
                 port = serial.serial_for_url(self.spec.host, baudrate=self.spec.port, timeout=0.2)
             except (serial.SerialException, OSError, ValueError) as exc:
                 self.error = f"open: {exc}"
-                attempt += 1
-                self._backoff(attempt)
+                self._backoff()
                 continue
             with self._lock:
                 self.port_obj = port
-            self.connected, self.error, attempt = True, "", 0
+            self.connected, self.error = True, ""
+            self._retry.reset()
             try:
                 while not self._stop.is_set():
                     data = port.read(port.in_waiting or 1)
@@ -357,7 +356,7 @@ class SerialEndpoint(Endpoint):
             self.connected = False
             if not self._stop.is_set():
                 self.stats["reconnects"] += 1
-                self._backoff(1)
+                self._backoff()
 
     def send(self, data: bytes, peer: Any = None) -> bool:
         with self._lock:
