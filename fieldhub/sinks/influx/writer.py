@@ -27,7 +27,7 @@ from fieldhub.core.backoff import Backoff
 from fieldhub.core.body import decode, line_parts
 from fieldhub.core.component import HubContext
 from fieldhub.core.consumer import Batch, ConsumerRunner, FutureOutput, Lane
-from fieldhub.core.log import DurableLog
+from fieldhub.core.log import Cursor, DurableLog
 from fieldhub.core.logview import Chunk
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority, Record
@@ -289,7 +289,7 @@ class InfluxOutput(FutureOutput):
         #: what the last idle probe (GET /ping) found; writes update it too
         self.server = "not yet contacted"
 
-    def read(self, cursor: Any, after: dict[int, int], lane: Lane) -> Batch | float | None:
+    def read(self, cursor: Cursor, after: dict[int, int], lane: Lane) -> Batch | float | None:
         rows, top = read_rows(self.log, after, self.cfg.batch_size)
         if not rows:
             self._pending_since = None
