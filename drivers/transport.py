@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import serial
+
+if TYPE_CHECKING:
+    import socket
 
 from fieldhub.core.backoff import Backoff
 from fieldhub.core.errors import TransportError
 
 PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD,
           "M": serial.PARITY_MARK, "S": serial.PARITY_SPACE}
+
+
+class PortSettings(TypedDict):
+    """The line settings ``serial_for_url`` is opened with."""
+
+    baudrate: int
+    bytesize: int
+    parity: str
+    stopbits: int
 
 
 class SerialTransport:
@@ -26,18 +38,18 @@ class SerialTransport:
                  stopbits: int = 1, backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  on_state: Callable[[str, str], None] | None = None) -> None:
         self.url = url
-        self.settings = {"baudrate": baud, "bytesize": bytesize, "parity": PARITY.get(parity, "N"),
+        self.settings: PortSettings = {"baudrate": baud, "bytesize": bytesize, "parity": PARITY.get(parity, "N"),
                          "stopbits": stopbits}
         self.backoff = Backoff(backoff_initial, backoff_max)
         self.on_state = on_state or (lambda state, detail: None)
-        self._ser: Any = None
+        self._ser: serial.Serial | None = None
         self._wlock = threading.Lock()
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.stats = {"opens": 0, "open_failures": 0, "disconnects": 0, "bytes_in": 0, "bytes_out": 0}
         self.last_error = ""
 
-    def _open(self) -> Any:
+    def _open(self) -> serial.Serial:
         ser = serial.serial_for_url(self.url, timeout=0.2, write_timeout=5, do_not_open=True, **self.settings)
         ser.open()
         return ser
@@ -121,7 +133,7 @@ class DatagramTransport:
 
         self.url = url
         rest = url[len("udp://"):]
-        host, _, port = rest.rpartition(":")
+        host, _sep, port = rest.rpartition(":")
         try:
             self.addr = (host.strip("[]") or "0.0.0.0", int(port))
         except ValueError:
@@ -129,7 +141,7 @@ class DatagramTransport:
         self._socket_mod = socket
         self.backoff = Backoff(backoff_initial, backoff_max)
         self.on_state = on_state or (lambda state, detail: None)
-        self._sock: Any = None
+        self._sock: socket.socket | None = None
         self._peer: tuple[str, int] | None = None
         self._stop = threading.Event()
         self.connected = threading.Event()

@@ -39,9 +39,9 @@ def collect(config: Config, *, log: DurableLog | None = None,
     info_path = data_dir / HUB_INFO_FILE
     if log is None and info_path.exists():  # the hub that last ran here names itself
         try:
-            info = orjson.loads(info_path.read_bytes())
-            out["hub_id"] = info.get("hub_id", out["hub_id"])
-            out["last_started_ns"] = info.get("started_ns")
+            hub_info = orjson.loads(info_path.read_bytes())
+            out["hub_id"] = hub_info.get("hub_id", out["hub_id"])
+            out["last_started_ns"] = hub_info.get("started_ns")
         except (orjson.JSONDecodeError, OSError):
             pass
     # devices: online/offline from each device's latest record and latest presence record

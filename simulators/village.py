@@ -81,8 +81,7 @@ class Fleet:
         u = urlparse(opts.broker)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 1883
         self.sel = selectors.DefaultSelector()
-        creds = opts.credentials or [{"id": i, "kind": k, "password": None}
-                                     for i, k in fleet_ids(opts.devices, opts.prefix)]
+        creds = opts.credentials or [{"id": i, "kind": k} for i, k in fleet_ids(opts.devices, opts.prefix)]
         if len(creds) < opts.devices:
             raise ValueError(f"{opts.devices} devices asked, credentials for {len(creds)} only")
         self.devices = [SimDevice(c["id"], c.get("kind") or KINDS[i % len(KINDS)], c.get("password"))
@@ -108,15 +107,23 @@ class Fleet:
         c.will_set(f"fh/{d.id}/up/status", WILL, qos=1)
         c.max_inflight_messages_set(50)
         c.max_queued_messages_set(0)
-        c.on_socket_open = lambda cl, ud, sock: self.sel.register(sock, selectors.EVENT_READ, cl)
+        c.on_socket_open = self._sock_open
         c.on_socket_close = self._sock_close
-        c.on_socket_register_write = lambda cl, ud, sock: self.sel.modify(
-            sock, selectors.EVENT_READ | selectors.EVENT_WRITE, cl)
-        c.on_socket_unregister_write = lambda cl, ud, sock: self.sel.modify(sock, selectors.EVENT_READ, cl)
+        c.on_socket_register_write = self._sock_want_write
+        c.on_socket_unregister_write = self._sock_read_only
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         return c
+
+    def _sock_open(self, cl, ud, sock) -> None:
+        self.sel.register(sock, selectors.EVENT_READ, cl)
+
+    def _sock_want_write(self, cl, ud, sock) -> None:
+        self.sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, cl)
+
+    def _sock_read_only(self, cl, ud, sock) -> None:
+        self.sel.modify(sock, selectors.EVENT_READ, cl)
 
     def _sock_close(self, cl, ud, sock) -> None:
         try:
@@ -291,7 +298,7 @@ class Fleet:
         """Drop a share of the fleet's connections abruptly (their wills fire), back in 0.5-3 s."""
         for d in self.rng.sample(self.devices, max(1, int(len(self.devices) * self.o.storm_fraction))):
             sock = d.client.socket() if d.client else None
-            if sock is None:
+            if not isinstance(sock, socket.socket):  # None while down (a TLS socket is one too)
                 continue
             try:
                 sock.shutdown(socket.SHUT_RDWR)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -34,6 +34,9 @@ from fieldhub.sinks.store import LocalStore
 from fieldhub.uplink import shortmsg
 from fieldhub.uplink.bearers.mqtt import mqtt_client
 from fieldhub.uplink.codec import decode_batch
+
+if TYPE_CHECKING:  # its InfluxDB client is imported only when the CLI asks for it
+    from fieldhub.center.influx import CenterInflux
 
 STORE_FILE, CENTER_FILE = "store.db", "center.db"
 SHARE_GROUP = "center"
@@ -113,7 +116,8 @@ class HubRegistry:
 class CenterWorker:
     """One center worker process: ``CenterWorker(broker, data_dir).run(stop_event)``."""
 
-    def __init__(self, broker: str, data_dir: Path, *, worker: str | None = None, influx: Any = None,
+    def __init__(self, broker: str, data_dir: Path, *, worker: str | None = None,
+                 influx: CenterInflux | None = None,
                  beidou_port: str | None = None, tiantong_port: str | None = None, mac_key: bytes = b"",
                  tls: dict[str, str] | None = None,
                  oplog: OpLog | None = None) -> None:
@@ -151,7 +155,7 @@ class CenterWorker:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self.handle(msg.topic, msg.payload)
+            self.handle(msg.topic, bytes(msg.payload))  # paho's payload is bytes; bytes() of bytes is itself
         except (StorageError, sqlite3.Error) as exc:
             # not durable: no ack at all; the hub resends after its ack timeout
             self.stats["write_errors"] += 1
@@ -191,7 +195,7 @@ class CenterWorker:
         self.client.publish(f"fh/hub/{batch.hub_id}/ack", orjson.dumps(ack), qos=1, properties=props)
 
     # ------------------------------------------------------------------ Beidou receive side
-    def _beidou_loop(self, stop: threading.Event) -> None:
+    def _beidou_loop(self, stop: threading.Event, url: str) -> None:
         import serial
 
         from drivers import beidou_rdss
@@ -202,7 +206,7 @@ class CenterWorker:
         while not stop.is_set():
             if port is None:
                 try:
-                    port = serial.serial_for_url(self.beidou_port, baudrate=115200, timeout=0.2)
+                    port = serial.serial_for_url(url, baudrate=115200, timeout=0.2)
                 except (serial.SerialException, OSError, ValueError) as exc:
                     self.oplog.write("warning", "center_beidou_open", f"Beidou port: {exc}", f"北斗端口：{exc}")
                     stop.wait(2)
@@ -218,11 +222,11 @@ class CenterWorker:
                     self.handle_short(f[2].decode("ascii", "replace"), f[5].decode("ascii", "replace"))
 
     # ------------------------------------------------------------------ Tiantong SMS receive side
-    def _tiantong_loop(self, stop: threading.Event) -> None:
+    def _tiantong_loop(self, stop: threading.Event, url: str) -> None:
         """Poll the center's Tiantong terminal for SMS (AT+CMGL), ingest each, then delete it."""
         from fieldhub.uplink.bearers.tiantong import AtPort, sms_payload
 
-        at = AtPort(self.tiantong_port, lambda line: None)
+        at = AtPort(url, lambda line: None)
 
         def pump(_: threading.Event) -> None:
             while not stop.is_set():
@@ -293,7 +297,7 @@ class CenterWorker:
     # ------------------------------------------------------------------ run
     def run(self, stop: threading.Event) -> None:
         # each loop also watches the run's own ``stop``; the worker's event is for a bounded join
-        threads = [Worker(name, lambda _, loop=loop: loop(stop)).start()
+        threads = [Worker(name, lambda _, loop=loop, port=port: loop(stop, port)).start()
                    for port, loop, name in ((self.beidou_port, self._beidou_loop, "center-beidou"),
                                             (self.tiantong_port, self._tiantong_loop, "center-tiantong"))
                    if port]

@@ -56,7 +56,7 @@ class Component(Protocol):
     def commands(self) -> Mapping[str, Command]: ...
 
 
-def command_prefix(component: Any) -> str:
+def command_prefix(component: Component) -> str:
     """The prefix of a component's control-socket commands: ``command_prefix`` if set, else its name."""
     prefix: str = getattr(component, "command_prefix", "") or component.name
     return prefix
@@ -124,4 +124,4 @@ class HubContext:
 
 
 #: a builder: (context, its own config section, or None for a component without one) -> component or None
-Builder = Callable[[HubContext, Any], Any]
+Builder = Callable[[HubContext, Any], Component | None]

@@ -274,7 +274,7 @@ def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return {str(k): _coerce(args[1], v, origin, f"{key}.{k}") for k, v in value.items()}
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ValueError
             return _build(tp, {k: (v, origin) for k, v in value.items()}, key)
@@ -293,7 +293,7 @@ def _describe(tp: Any) -> str:
         return "a size such as 512MiB, 2GiB or a number of bytes"
     if typing.get_origin(tp) in (list, tuple):
         return f"a list of {_describe(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return f"a table [{tp.__name__}]"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp)))

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 
@@ -65,6 +66,9 @@ CREATE INDEX IF NOT EXISTS quarantine_state ON quarantine(state, qid);
 """
 
 Callback = Callable[["AppendResult | None", "BaseException | None"], None]
+QuarantineCallback = Callable[["int | None", "BaseException | None"], None]
+#: what the writer calls back with; the result's type depends on the op's kind
+_OpCallback = Callable[[Any, "BaseException | None"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,7 @@ class AppendResult:
 class _Op:
     kind: str
     payload: object
-    callback: Callback | None = None
+    callback: _OpCallback | None = None
     done: threading.Event | None = None
     result: object = None
     error: BaseException | None = None
@@ -88,7 +92,7 @@ class _Op:
     def finish(self, result: object, error: BaseException | None) -> None:
         self.result, self.error = result, error
         if self.callback is not None:
-            self.callback(result, error)  # type: ignore[arg-type]
+            self.callback(result, error)
         if self.done is not None:
             self.done.set()
 
@@ -221,7 +225,7 @@ class DurableLog:
 
     def quarantine(self, source: str, reason: str, payload: bytes | str | None, *,
                    device_id: str | None = None, meta: dict | None = None,
-                   callback: Callback | None = None) -> int | None:
+                   callback: QuarantineCallback | None = None) -> int | None:
         """Put something that could not be admitted into the dead-letter area, durably."""
         if isinstance(payload, str):
             payload = payload.encode("utf-8", "surrogateescape")
@@ -258,7 +262,7 @@ class DurableLog:
         """Add to a persisted counter (visible in ``fieldhub status`` even when stopped)."""
         self._submit("bump", (name, by), lambda r, e: None, None)
 
-    def _submit(self, kind: str, payload: object, callback: Callback | None,
+    def _submit(self, kind: str, payload: object, callback: _OpCallback | None,
                 timeout: float | None, size: int = 1):
         if self._closed:
             raise StorageError("the log is closed")
@@ -388,7 +392,8 @@ class DurableLog:
         """All appends of a group in one statement; if any id was a duplicate, redo them one
         by one so each caller learns its own count (duplicates are rare: redeliveries)."""
         db = self._db
-        rows = [(r.id, int(r.priority), body.encode(r)) for op in ops for r in op.payload]  # type: ignore[attr-defined]
+        rows = [(r.id, int(r.priority), body.encode(r)) for op in ops
+                for r in cast("list[Record]", op.payload)]
         db.execute("SAVEPOINT bulk")
         before = db.total_changes
         db.executemany("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)", rows)
@@ -403,7 +408,7 @@ class DurableLog:
     def _apply(self, op: _Op) -> object:
         db = self._db
         if op.kind == "append":
-            records: list[Record] = op.payload  # type: ignore[assignment]
+            records = cast("list[Record]", op.payload)
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)",
@@ -414,14 +419,14 @@ class DurableLog:
                     "SELECT seq FROM sqlite_sequence WHERE name='log'").fetchone()[0]
             return AppendResult(added, len(records) - added)
         if op.kind == "cursor":
-            consumer, positions = op.payload  # type: ignore[misc]
+            consumer, positions = cast("tuple[str, dict[int, int]]", op.payload)
             db.executemany(
                 "INSERT INTO cursors(consumer, prio, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT(consumer, prio) DO UPDATE SET seq=max(seq, excluded.seq)",
                 [(consumer, int(p), int(s)) for p, s in positions.items()])
             return None
         if op.kind == "register":
-            consumer, start = op.payload  # type: ignore[misc]
+            consumer, start = cast("tuple[str, str]", op.payload)
             exists = db.execute("SELECT 1 FROM cursors WHERE consumer=? LIMIT 1", (consumer,)).fetchone()
             if not exists:
                 seq = self._last_seq if start == "latest" else 0
@@ -433,16 +438,16 @@ class DurableLog:
             return None
         if op.kind == "quarantine":
             cur = db.execute("INSERT INTO quarantine(ts, source, device_id, reason, payload, meta) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", op.payload)  # type: ignore[arg-type]
+                             "VALUES (?, ?, ?, ?, ?, ?)", cast("tuple[object, ...]", op.payload))
             self._count_in_tx("quarantined", 1)
             return cur.lastrowid
         if op.kind == "qstate":
-            qids, state = op.payload  # type: ignore[misc]
+            qids, state = cast("tuple[list[int], str]", op.payload)
             before = db.total_changes
             db.executemany("UPDATE quarantine SET state=? WHERE qid=?", [(state, q) for q in qids])
             return db.total_changes - before
         if op.kind == "bump":
-            name, by = op.payload  # type: ignore[misc]
+            name, by = cast("tuple[str, int]", op.payload)
             self._count_in_tx(name, by)
             return None
         if op.kind == "maint":

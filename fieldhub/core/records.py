@@ -113,7 +113,7 @@ class Record:
         if not fields:
             raise ValidationError(f"record {kind} from {device_id} has no fields")
         clean = dict(fields)
-        prio = priority if type(priority) is Priority else _PRIO_BY_NAME.get(priority)  # type: ignore[arg-type]
+        prio = priority if type(priority) is Priority else _PRIO_BY_NAME.get(priority)
         if prio is None:
             prio = Priority.parse(priority)
         rid = stable_id(source, device_id, kind, ts if key is None else key)

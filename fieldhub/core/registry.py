@@ -142,7 +142,7 @@ class Registry:
         self._db.execute("CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, body TEXT NOT NULL)")
         self.known_models = list(known_models) if known_models is not None else None
         self._cache: dict[str, Device] = {}
-        self._version = -1
+        self._version: tuple[int, int] | None = None
 
     def _refresh(self) -> None:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]

@@ -134,7 +134,8 @@ class LocalStore:
     def query(self, kind: str | None = None, *, device: str | None = None, since: int | None = None,
               until: int | None = None, limit: int | None = None, order: str = "asc") -> Iterator[Record]:
         """Records matching kind/device within [since, until) (ns), oldest first."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         if kind:
             where.append("kind = ?")
             args.append(kind)

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import zstandard
@@ -90,7 +90,8 @@ class _Reader:
 
     def svs(self, n: int) -> list[int]:
         """``n`` zigzag varints (the hot loop of decoding)."""
-        b, i, out = self.b, self.i, []
+        b, i = self.b, self.i
+        out: list[int] = []
         app = out.append
         try:
             for _ in range(n):
@@ -195,11 +196,12 @@ def _series(records: Sequence[Record]) -> list[tuple[tuple, list[Record], list[i
             groups[key] = [r]
         else:
             g.append(r)
-    out = []
+    out: list[tuple[tuple, list[Record], list[int]]] = []
     for key, recs in groups.items():
         types = [_column_type([r.fields[name] for r in recs]) for name in key[5]]
-        if all(t is not None for t in types):
-            out.append((key, recs, types))  # type: ignore[arg-type]
+        typed = [t for t in types if t is not None]
+        if len(typed) == len(types):
+            out.append((key, recs, typed))
             continue
         split: dict[tuple, list[Record]] = {}  # rare: a field changes type within the batch
         for r in recs:
@@ -263,19 +265,20 @@ def encode_body(records: Sequence[Record]) -> bytes:
             values = [r.fields[name] for r in recs]
             ints: list[int] | None = None
             if tcode == T_FLOAT:
-                d = _scale_of(values)
+                floats = cast("list[float]", values)  # the column's one type, found by _series
+                d = _scale_of(floats)
                 if d is not None:
                     ap(T_SCALED)
                     ap(d)
                     m = 10 ** d
-                    ints = [round(v * m) for v in values]
+                    ints = [round(v * m) for v in floats]
                 else:
                     ap(T_FLOAT)
-                    for v in values:
+                    for v in floats:
                         cols += _D.pack(v)
             elif tcode == T_INT:
                 ap(T_INT)
-                ints = values
+                ints = cast("list[int]", values)
             elif tcode == T_BOOL:
                 ap(T_BOOL)
                 cols += bytes(1 if v else 0 for v in values)

@@ -19,13 +19,16 @@ from fieldhub.uplink.bearers.mqtt import MqttBearer
 from fieldhub.uplink.bearers.tiantong import TiantongSmsBearer
 from fieldhub.uplink.config import UplinkConfig, is_ip_url
 
+#: one uplink bearer: an IP link over MQTT, or a short-message satellite link
+Bearer = MqttBearer | BeidouBearer | TiantongSmsBearer
+
 
 class LinkManager:
     def __init__(self, cfg: UplinkConfig, hub_id: str, on_ack: Callable[[bytes], None],
                  oplog: OpLog | None = None) -> None:
         self.cfg = cfg
         self.oplog = oplog or OpLog(None)
-        self.links: list[Any] = []
+        self.links: list[Bearer] = []
         for lc in cfg.links:
             if lc.kind == "beidou":
                 self.links.append(BeidouBearer(lc, hub_id))
@@ -46,7 +49,7 @@ class LinkManager:
         for link in self.links:
             link.stop()
 
-    def rank(self, link: Any) -> tuple:
+    def rank(self, link: Bearer) -> tuple[float, float, float]:
         """Sort key of a link: lower is better (cost, then bandwidth, then measured RTT)."""
         rtt = link.rtt if link.rtt is not None else 1e9
         return (link.config.cost, -link.config.bps, rtt)
@@ -72,12 +75,12 @@ class LinkManager:
                                      f"上行：{prio.label} 类改走 {name or '无可用链路（暂存）'}（原 {old or '无'}）",
                                      priority=prio.label, link=name, previous=old)
 
-    def best(self, prio: Priority) -> Any:
+    def best(self, prio: Priority) -> Bearer | None:
         """The best link that is up and may carry ``prio`` (None = hold it)."""
         candidates = [link for link in self.links if prio in self._allowed[link.name] and link.up()]
         return min(candidates, key=self.rank) if candidates else None
 
-    def allowed(self, link: Any) -> set[Priority]:
+    def allowed(self, link: Bearer) -> set[Priority]:
         return self._allowed[link.name]
 
     def chosen(self) -> dict[str, str | None]:

@@ -267,7 +267,7 @@ class Uplink(ConsumerRunner):
                         link.last_error = f"{type(exc).__name__}: {exc}"
                         self.up_output.stats["short_message_errors"] += 1
 
-    def _beidou_once(self, link: Any) -> None:
+    def _beidou_once(self, link: BeidouBearer | TiantongSmsBearer) -> None:
         mine = [p for p in (Priority.ALARM, Priority.POSITION) if self.manager.best(p) is link]
         rec = None
         if Priority.ALARM in mine:

@@ -50,6 +50,11 @@ def _str(s: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
+def _number(v: object) -> int | float | None:
+    """``v`` if it is a number (not a bool), else None."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def encode(record: Record, hub_id: str, key: bytes, budget: int) -> bytes:
     """One short message for ``record``; raises ValidationError if even its header cannot fit."""
     try:
@@ -59,16 +64,15 @@ def encode(record: Record, hub_id: str, key: bytes, budget: int) -> bytes:
     if len(rid) != 10:
         raise ValidationError(f"record id {record.id!r} is not a 10-byte hex id")
     f = record.fields
-    has_pos = all(isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool)
-                  for k in ("lat", "lon"))
+    lat, lon = _number(f.get("lat")), _number(f.get("lon"))
+    has_pos = lat is not None and lon is not None
     secs, ns = divmod(record.ts, 1_000_000_000)
     head = bytearray([VERSION << 4 | TYPE_RECORD, (int(record.priority) << 4) | int(has_pos)])
     head += rid + struct.pack(">IH", secs & 0xFFFFFFFF, ns // 1_000_000)
-    if has_pos:
-        alt = f.get("alt_m", 0)
-        alt = int(round(alt)) if isinstance(alt, (int, float)) and not isinstance(alt, bool) else 0
-        head += struct.pack(">iih", round(f["lat"] * 1e7), round(f["lon"] * 1e7),
-                            max(-32768, min(32767, alt)))
+    if lat is not None and lon is not None:
+        alt_m = _number(f.get("alt_m", 0))
+        alt = int(round(alt_m)) if alt_m is not None else 0
+        head += struct.pack(">iih", round(lat * 1e7), round(lon * 1e7), max(-32768, min(32767, alt)))
     head += _str(hub_id) + _str(record.kind) + _str(record.device_id)
     room = budget - MAC_LEN - len(head)
     if room < 1:

@@ -159,8 +159,9 @@ class V2Transport:
         self.base = url.rstrip("/")
         self.org, self.bucket = org, bucket
         self.target = f"{org}/{bucket}" if org else bucket
-        # gzip is done here at our level (the client's own gzip is level 9: slow for big batches)
-        self.client = InfluxDBClient(url=self.base, token=token or None, org=org or None,
+        # gzip is done here at our level (the client's own gzip is level 9: slow for big batches).
+        # The client takes None for "no token/org" but declares them ``str = None``: hence the ignore.
+        self.client = InfluxDBClient(url=self.base, token=token or None, org=org or None,  # type: ignore[arg-type]
                                      timeout=int(timeout * 1000), enable_gzip=False,
                                      retries=False, connection_pool_maxsize=pool_size,
                                      verify_ssl=tls_verify, ssl_ca_cert=tls_ca or None)

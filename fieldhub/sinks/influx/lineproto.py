@@ -54,17 +54,16 @@ def nudge(record_id: str, ts: int) -> int:
 def format_field(value: object) -> str | None:
     """One field value in line protocol, or None when it cannot be written (inf, nan, or
     None: the log stores nan and inf as JSON null)."""
-    t = type(value)
-    if t is float:
-        if not math.isfinite(value):  # type: ignore[arg-type]
+    if type(value) is float:
+        if not math.isfinite(value):
             return None
         return repr(value)
-    if t is int:
+    if type(value) is int:
         return f"{value}i"
-    if t is bool:
+    if type(value) is bool:
         return "true" if value else "false"
-    if t is str:
-        return '"' + value.translate(_ESC_STRING) + '"'  # type: ignore[union-attr]
+    if type(value) is str:
+        return '"' + value.translate(_ESC_STRING) + '"'
     if value is None:
         return None
     if isinstance(value, bool):
@@ -130,12 +129,11 @@ class Encoder:
                 if len(fkeys) > 10_000:
                     fkeys.clear()
                 k = fkeys[name] = escape_key(name)
-            t = type(v)
-            if t is float:
+            if type(v) is float:
                 if v - v != 0:  # inf or nan: line protocol has no way to say it
                     continue
                 out.append(f"{k}={v!r}")
-            elif t is int:
+            elif type(v) is int:
                 out.append(f"{k}={v}i")
             else:
                 text = format_field(v)

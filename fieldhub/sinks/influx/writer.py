@@ -16,10 +16,10 @@ import collections
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -27,7 +27,7 @@ from fieldhub.core.backoff import Backoff
 from fieldhub.core.body import decode, line_parts
 from fieldhub.core.component import HubContext
 from fieldhub.core.consumer import Batch, ConsumerRunner, FutureOutput, Lane
-from fieldhub.core.log import DurableLog
+from fieldhub.core.log import Cursor, DurableLog
 from fieldhub.core.logview import Chunk
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority, Record
@@ -54,8 +54,17 @@ def make_transport(cfg: InfluxConfig) -> Transport:
 
 
 #: a record as the sink holds it: a Record, or a (priority, log body) pair straight from the log
-Ref = Any
+Ref = Record | tuple[int, bytes]
 
+class _CEncoder(Protocol):
+    """What the C encoder module offers (its types: ``_lpenc.pyi``)."""
+
+    def encode(self, bodies: bytes, cache: dict[bytes, bytes],
+               series: Callable[[bytes, bytes, bytes], bytes | None], nudge: bool,
+               skip: Collection[str] | None, /) -> tuple[bytes, int, list[int]]: ...
+
+
+_lpenc: _CEncoder | None
 try:  # the C encoder (fieldhub/_lpenc.c), built by pip install; without it Python does it all
     from fieldhub.sinks.influx import _lpenc
 except ImportError:  # pragma: no cover - a source tree nobody built
@@ -127,7 +136,7 @@ class InfluxSink:
     def encode(self, records: Sequence[Record]) -> list[tuple[Ref, bytes]]:
         """Lines for the records; a record with nothing writable is quarantined here."""
         self._refresh_tags()
-        out = []
+        out: list[tuple[Ref, bytes]] = []
         for r in records:
             line = self.encoder.line(r.kind, r.device_id, r.ts, r.fields, r.tags, r.id)
             self._keep(out, r, r.id, line)
@@ -147,7 +156,7 @@ class InfluxSink:
             body, n, handed = _lpenc.encode(chunk.bodies, self._series, self._series_of,
                                             self.encoder.nudge, self._recent_bad or None)
             if n + len(handed) != chunk.count:  # a damaged body holding a newline: Python's
-                n, handed = 0, range(chunk.count)
+                n, handed = 0, list(range(chunk.count))
             if n:
                 parts.append(body)
                 count += n
@@ -158,30 +167,31 @@ class InfluxSink:
                 count += len(extra)
         return Payload(parts[0] if len(parts) == 1 else b"\n".join(parts), count, chunks)
 
-    def _encode_refs(self, rows: Sequence[tuple]) -> list[tuple[Ref, bytes]]:
+    def _encode_refs(self, rows: Sequence[tuple[int, bytes]]) -> list[tuple[Ref, bytes]]:
         """The Python encoder over log rows (what the C encoder hands back, and a rejected batch)."""
         out: list[tuple[Ref, bytes]] = []
         line_of = self.encoder.line
         parts = line_parts
-        for ref in rows:
+        for row in rows:
+            ref: Ref = row
             try:
-                kind, device_id, ts, fields, tags, rid = parts(ref[1])
+                kind, device_id, ts, fields, tags, rid = parts(row[1])
                 line = line_of(kind, device_id, ts, fields, tags, rid)
                 if line is None:  # quarantined as the record it must then read as
-                    ref = _record_of(ref)
+                    ref = _record_of(row)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a damaged row
-                self._unreadable(ref, exc)
+                self._unreadable(row, exc)
                 continue
             self._keep(out, ref, rid, line)
         return out
 
-    def _unreadable(self, ref: tuple, exc: Exception) -> None:
+    def _unreadable(self, ref: tuple[int, bytes], exc: Exception) -> None:
         """A log row that is not a record (damaged on disk): quarantined, the stream goes on."""
         self._hold("row:" + hashlib.blake2b(ref[1], digest_size=10).hexdigest(),
                    f"unreadable log record ({type(exc).__name__}: {exc}) / 日志记录无法解析", bytes(ref[1]),
                    meta={"priority": ref[0]})
 
-    def _keep(self, out: list, ref: Ref, rid: str, line: bytes | None) -> None:
+    def _keep(self, out: list[tuple[Ref, bytes]], ref: Ref, rid: str, line: bytes | None) -> None:
         if rid in self._recent_bad:
             return
         if line is None:
@@ -279,7 +289,7 @@ class InfluxOutput(FutureOutput):
         #: what the last idle probe (GET /ping) found; writes update it too
         self.server = "not yet contacted"
 
-    def read(self, cursor: Any, after: dict[int, int], lane: Lane) -> Batch | float | None:
+    def read(self, cursor: Cursor, after: dict[int, int], lane: Lane) -> Batch | float | None:
         rows, top = read_rows(self.log, after, self.cfg.batch_size)
         if not rows:
             self._pending_since = None

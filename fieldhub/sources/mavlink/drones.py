@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import struct
 import threading
 import time
@@ -22,7 +23,10 @@ from drivers.mavlink import (
 )
 from fieldhub.core.component import Command, HubContext, make_status
 from fieldhub.core.errors import FieldhubError, StorageError, TransportError
+from fieldhub.core.log import AppendResult, DurableLog
+from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority, Record
+from fieldhub.core.registry import Registry
 from fieldhub.core.worker import Worker
 from fieldhub.sources.mavlink.commands import CommandRunner
 from fieldhub.sources.mavlink.config import KINDS, MavlinkConfig, load_keys
@@ -80,7 +84,8 @@ class DroneHub:
     #: its control commands predate the component's name: drone.command, drone.list
     command_prefix = "drone"
 
-    def __init__(self, cfg: MavlinkConfig, log: Any, *, oplog: Any = None, registry: Any = None,
+    def __init__(self, cfg: MavlinkConfig, log: DurableLog, *, oplog: OpLog | None = None,
+                 registry: Registry | None = None,
                  tlog_dir: Path | None = None) -> None:
         from fieldhub.sources.mavlink.tlog import TlogStore
 
@@ -216,7 +221,8 @@ class DroneHub:
             hdr = _TS.pack(now // 1000)
             raw: dict[int, list[Any]] = {}
             other: list[Any] = []
-            last_sysid, parts = -1, None
+            last_sysid = -1
+            parts: list[Any] = []  # set at the first message: no system id is -1
             n = 0
             for m in msgs:
                 h = m._header
@@ -240,11 +246,12 @@ class DroneHub:
                 n += 1
                 if sysid != last_sysid:
                     last_sysid = sysid
-                    parts = raw.get(sysid)
-                    if parts is None:
-                        parts = raw[sysid] = []
-                parts.append(hdr)  # type: ignore[union-attr]
-                parts.append(m._msgbuf)  # type: ignore[union-attr]
+                    got = raw.get(sysid)
+                    if got is None:
+                        got = raw[sysid] = []
+                    parts = got
+                parts.append(hdr)
+                parts.append(m._msgbuf)
                 if msgid == _ID_HEARTBEAT:
                     self._heartbeat(d, m, now, records)
                 elif msgid == _ID_COMMAND_ACK:
@@ -296,7 +303,7 @@ class DroneHub:
         """A message id our dialect lacks: pymavlink can't say whose it is, so it is counted only."""
         self.stats["unknown_messages"] += 1
 
-    def _signed_ok(self, d: Drone, m: Any, h: Any, now: int, records: list[Record]) -> bool:
+    def _signed_ok(self, d: Drone, m: Any, h: Any, now: int, records: builtins.list[Record]) -> bool:
         """Signature check with the drone's own key; unsigned or forged messages are dropped."""
         if not h.incompat_flags & mav.MAVLINK_IFLAG_SIGNED:
             reason = "unsigned"
@@ -309,7 +316,7 @@ class DroneHub:
         self._signing_alarm(d, reason, m, now, records)
         return False
 
-    def _signing_alarm(self, d: Drone, reason: str, m: Any, now: int, records: list[Record]) -> None:
+    def _signing_alarm(self, d: Drone, reason: str, m: Any, now: int, records: builtins.list[Record]) -> None:
         """One alarm at once, then at most one per ALARM_EVERY_NS carrying the count since."""
         n, _ = d.alarm_pending.get(reason, (0, ""))
         d.alarm_pending[reason] = (n + 1, m.get_type())
@@ -330,7 +337,7 @@ class DroneHub:
             "message": en, "message_zh": zh}, tags={**d.tags, "sysid": str(d.sysid)},
             priority=Priority.ALARM, source="mavlink", key=f"{reason}:{now}")
 
-    def _heartbeat(self, d: Drone, m: Any, now: int, records: list[Record]) -> None:
+    def _heartbeat(self, d: Drone, m: Any, now: int, records: builtins.list[Record]) -> None:
         if m.autopilot == mav.MAV_AUTOPILOT_INVALID or m.type == mav.MAV_TYPE_GCS:
             return  # a camera, gimbal or companion computer on the same system
         d.counts["heartbeats"] += 1
@@ -343,7 +350,7 @@ class DroneHub:
             self._op("info", "drone_online", f"drone {d.device_id} (sysid {d.sysid}) online",
                      f"无人机 {d.device_id} 上线", device=d.device_id)
 
-    def _remember(self, d: Drone, records: list[Record]) -> None:
+    def _remember(self, d: Drone, records: builtins.list[Record]) -> None:
         for r in records:
             f = r.fields
             if r.kind == "drone_state":
@@ -378,14 +385,14 @@ class DroneHub:
         self.log.quarantine("mavlink", reason, payload, device_id=device, meta=meta or None,
                             callback=lambda r, e: None)
 
-    def _append(self, records: list[Record]) -> None:
+    def _append(self, records: builtins.list[Record]) -> None:
         self.stats["records"] += len(records)
         try:
             self.log.append(records, callback=self._appended)
         except StorageError as exc:
             self._appended(None, exc)
 
-    def _appended(self, result: Any, error: BaseException | None) -> None:
+    def _appended(self, result: AppendResult | None, error: BaseException | None) -> None:
         if error is not None:
             self.stats["append_errors"] += 1
             self._op("error", "mavlink_append_failed", f"drone records not stored: {error}",
@@ -401,7 +408,7 @@ class DroneHub:
         """What a ground station sends goes to the drone it targets (or every drone link)."""
         ts_us = time.time_ns() // 1000
         key = (id(ep), peer)
-        out: dict[tuple[int, Any], list[bytes]] = {}
+        out: dict[tuple[int, Any], tuple[tuple[Endpoint, Any], list[bytes]]] = {}
         with self._lock:
             parser = self._parsers.get(key) or self._new_parser(key)
             for m in parser.parse_buffer(data) or ():
@@ -420,8 +427,8 @@ class DroneHub:
                 if target and not drones:
                     links = {(id(e), None): (e, None) for e in self.endpoints}  # unknown yet: broadcast
                 for k, link in links.items():
-                    out.setdefault(k, [link]).append(bytes(m._msgbuf))
-        for link, *bufs in out.values():
+                    out.setdefault(k, (link, []))[1].append(bytes(m._msgbuf))
+        for link, bufs in out.values():
             link[0].send(b"".join(bufs), link[1])
 
     # ------------------------------------------------------------------ monitor
@@ -484,7 +491,7 @@ class DroneHub:
         raise FieldhubError(f"no drone {ident!r} seen on any MAVLink endpoint (known: {known}) "
                             f"/ 未发现该无人机")
 
-    def command(self, ident: str, action: str, args: list[str] | None = None) -> dict[str, Any]:
+    def command(self, ident: str, action: str, args: builtins.list[str] | None = None) -> dict[str, Any]:
         """Run one operator command to the final ack and record its outcome (``command`` class)."""
         d = self.find(ident)
         spec = build(action, list(args or []), d.autopilot, d.vehicle_type)
@@ -516,7 +523,7 @@ class DroneHub:
             self.oplog.write(level, event, en, zh, **extra)
 
 
-def from_registry(registry: Any) -> tuple[dict[int, str], dict[str, str]]:
+def from_registry(registry: Registry | None) -> tuple[dict[int, str], dict[str, str]]:
     """Drones registered with ``--transport '{"sysid": 1, "endpoint": "udpin:0.0.0.0:14550"}'``:
     (sysid -> device id, endpoint -> first device naming it)."""
     ids: dict[int, str] = {}

@@ -71,10 +71,10 @@ class Endpoint:
             self.stats["handler_errors"] += 1
             self.error = f"handling data: {type(exc).__name__}: {exc}"
 
-    def _write(self, write: Callable[[bytes], object], data: bytes) -> bool:
-        """Send through ``write``, counting bytes or the failure (serial errors are OSErrors)."""
+    def _write(self, write: Callable[..., object], data: bytes, *args: Any) -> bool:
+        """Send through ``write(data, *args)``, counting bytes or the failure (serial errors are OSErrors)."""
         try:
-            write(data)
+            write(data, *args)
         except OSError:
             self.stats["tx_errors"] += 1
             return False
@@ -152,7 +152,7 @@ class UdpIn(Endpoint):
     def send(self, data: bytes, peer: Any = None) -> bool:
         ok = True
         for p in ([peer] if peer is not None else self.peers()):
-            ok = self._write(lambda d, p=p: self.sock.sendto(d, p), data) and ok
+            ok = self._write(self.sock.sendto, data, p) and ok
         return ok
 
 

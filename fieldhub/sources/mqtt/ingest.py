@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 
 from fieldhub.core.component import Command, HubContext, make_status
 from fieldhub.core.errors import ConfigError, FieldhubError, TransportError
-from fieldhub.core.log import DurableLog
+from fieldhub.core.log import DurableLog, QuarantineCallback
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority, Record
 from fieldhub.core.registry import Device, Registry
@@ -313,7 +313,7 @@ class MqttIngest:
                 self._idle = False
             elif inbox and len(inbox) < self.batch_max:
                 time.sleep(0.002)  # let a batch gather: fewer, larger appends and less GIL ping-pong
-            batch = []
+            batch: list[tuple] = []
             while inbox and len(batch) < self.batch_max:
                 batch.append(inbox.popleft())
             if time.monotonic() >= next_flush:
@@ -407,17 +407,16 @@ class MqttIngest:
             self.acks.done(ticket)
 
         # the log's writer commits in submission order, so the last op's callback means all are durable
-        for i, (reason, payload, device_id, topic, recv_ns) in enumerate(held):
+        for i, item in enumerate(held):
             last = i == len(held) - 1 and not records
-            self._quarantine(reason, payload, device_id, topic, recv_ns,
-                             committed if last else self._quarantine_done)
+            self._quarantine(*item, committed if last else self._quarantine_done)
         if records:
             self.log.append(records, callback=committed)
         elif not held:
             self.acks.done(ticket)  # only duplicates: nothing new to make durable
 
     def _quarantine(self, reason: str, payload: bytes, device_id: str | None, topic: str,
-                    recv_ns: int, callback: Callable) -> None:
+                    recv_ns: int, callback: QuarantineCallback) -> None:
         self.stats["quarantined"] += 1
         self.log.quarantine(SOURCE, reason, payload, device_id=device_id,
                             meta={"topic": topic[:300], "recv_ns": recv_ns}, callback=callback)
@@ -436,7 +435,7 @@ class MqttIngest:
                          "redelivers them", f"MQTT 消息写入失败（{error}），重连以便代理重发")
         self.acks.drop_all()
         sock = self._client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # None while down (a TLS socket is one too)
             try:  # an abrupt close: paho's loop reconnects (with backoff), the broker redelivers
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:

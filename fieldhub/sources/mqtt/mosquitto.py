@@ -56,9 +56,10 @@ class Mosquitto:
 
     def __init__(self, workdir: Path | None = None, *, port: int | None = None,
                  extra_conf: str = "", conf_file: Path | None = None, persistence: bool = True) -> None:
-        self.binary = find_mosquitto()
-        if self.binary is None:
+        binary = find_mosquitto()
+        if binary is None:
             raise TransportError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        self.binary = binary
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fh-mosq-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import drivers
 from drivers.base import Frame, ParseContext
@@ -13,7 +14,10 @@ from drivers.transport import open_transport
 from fieldhub.core import profiles
 from fieldhub.core.component import Command, HubContext, make_status
 from fieldhub.core.errors import ConfigError, FieldhubError, ProtocolError, StorageError, ValidationError
+from fieldhub.core.log import AppendResult, Callback, QuarantineCallback
+from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority, Record
+from fieldhub.core.registry import Registry
 from fieldhub.core.worker import Worker
 from fieldhub.sources.serial.config import SerialConfig, SerialPortConfig
 from fieldhub.sources.serial.sessions import SESSIONS, PtzSession, RdssSession, Session, TiantongSession
@@ -38,10 +42,19 @@ class RateLimit:
         return False
 
 
+class PortLog(Protocol):
+    """Where a port puts its records: the hub's DurableLog (or a direct port's stand-in)."""
+
+    def append(self, records: Sequence[Record], callback: Callback | None = None) -> object: ...
+
+    def quarantine(self, source: str, reason: str, payload: bytes, *, device_id: str | None = None,
+                   meta: dict[str, Any] | None = None, callback: QuarantineCallback | None = None) -> object: ...
+
+
 class Port:
     """One device on one serial line: transport, framer, parser, session; records go to the log."""
 
-    def __init__(self, cfg: SerialPortConfig, *, log: Any, oplog: Any, tags: dict[str, str],
+    def __init__(self, cfg: SerialPortConfig, *, log: PortLog, oplog: OpLog | None, tags: dict[str, str],
                  profile: dict[str, Any], settings: SerialConfig | None = None) -> None:
         settings = settings or SerialConfig()
         self.cfg = cfg
@@ -69,7 +82,7 @@ class Port:
         self.limit = RateLimit(settings.quarantine_per_minute)
         self.last_record_ns = 0
         #: when set, the device's tags are looked up again at every (re)connect
-        self.registry: Any = None
+        self.registry: Registry | None = None
         # the reader's loop is the transport's: transport.stop() ends it
         self._reader = Worker(f"serial-{self.device_id}", lambda stop: self.transport.run(self.on_data))
 
@@ -172,14 +185,14 @@ class Port:
                 self.counts["append_errors"] += 1
                 self.note("serial_append_failed", str(exc), f"写入日志失败：{exc}", level="error")
 
-    def record(self, kind: str, fields: dict[str, Any], priority: Any) -> None:
+    def record(self, kind: str, fields: dict[str, Any], priority: Priority | str) -> None:
         """A record of something the hub did on this device (a message sent), for the trail."""
         now = time.time_ns()
         rec = Record.make(kind, self.device_id, now, fields, tags=self.tags, priority=priority,
                           source=self.source, key=f"out:{now}")
         self.log.append([rec], callback=self._appended)
 
-    def _appended(self, result: Any, error: BaseException | None) -> None:
+    def _appended(self, result: AppendResult | None, error: BaseException | None) -> None:
         if error is not None:
             self.counts["append_errors"] += 1
 
@@ -203,7 +216,7 @@ class Port:
                 "last_error": self.transport.last_error}
 
 
-def open_port(cfg: SerialPortConfig, *, log: Any, oplog: Any = None, registry: Any = None,
+def open_port(cfg: SerialPortConfig, *, log: PortLog, oplog: OpLog | None = None, registry: Registry | None = None,
               settings: SerialConfig | None = None) -> Port:
     """A Port for ``cfg``: tags and default profile from the registry entry when there is one."""
     tags: dict[str, str] = {}

@@ -188,7 +188,8 @@ class RdssSession(Session):
                                   f"/ 短报文超长（{bits} 位，上限 {self.max_bits} 位）")
         data = beidou_rdss.encode({"cmd": "txa", "dest": dest, "text": text, "encoding": enc, "express": express})
         with self._send_lock:
-            attempts, waited, refusals = 0, 0.0, []
+            attempts, waited = 0, 0.0
+            refusals: list[dict[str, Any]] = []
             while True:
                 delay = self.wait_s()
                 if delay > 0:

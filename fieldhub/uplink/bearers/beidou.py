@@ -8,13 +8,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers import beidou_rdss
+from drivers.base import Frame
 from drivers.sentence import sentence, split_fields
 from fieldhub.core.errors import TransportError
 from fieldhub.core.worker import DEFAULT_JOIN, Worker
 from fieldhub.uplink.config import LinkConfig
+
+if TYPE_CHECKING:  # pyserial is imported when the link starts
+    import serial
 
 
 def txa(dest_card: str, payload: bytes) -> bytes:
@@ -26,7 +30,7 @@ def txa(dest_card: str, payload: bytes) -> bytes:
     return sentence(f"CCTXA,{dest_card.zfill(7)},1,{beidou_rdss.ENC_CODE},{payload.hex().upper()}")
 
 
-def rdss_fields(frame: Any) -> list[str]:
+def rdss_fields(frame: Frame) -> list[str]:
     return [x.decode("ascii", "replace") for x in split_fields(frame.raw)]
 
 
@@ -36,7 +40,7 @@ class BeidouBearer:
     def __init__(self, config: LinkConfig, hub_id: str, *, on_line: Callable[[list[str]], None] | None = None) -> None:
         self.name, self.config, self.hub_id = config.name, config, hub_id
         self.on_line = on_line
-        self._port: Any = None
+        self._port: serial.Serial | None = None
         self._worker = Worker(f"beidou-{self.name}", self._run)
         self._lock = threading.Lock()
         self._fki: deque[dict[str, Any]] = deque(maxlen=8)
@@ -111,7 +115,7 @@ class BeidouBearer:
                 else:
                     self.bad_frames += 1
 
-    def _handle(self, frame: Any) -> None:
+    def _handle(self, frame: Frame) -> None:
         self.last_heard = time.monotonic()
         raw = split_fields(frame.raw)
         kind = raw[0][2:]
@@ -141,8 +145,11 @@ class BeidouBearer:
         self._fki.clear()
         self._fki_event.clear()
         line = txa(self.config.dest_card, payload)
+        port = self._port
         try:
-            self._port.write(line)
+            if port is None:  # closed by the reader since up()
+                raise OSError("the port is closed")
+            port.write(line)
         except (OSError, AttributeError) as exc:
             raise TransportError(f"link {self.name}: serial write failed: {exc}") from None
         self.last_send = time.monotonic()

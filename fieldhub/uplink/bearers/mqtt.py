@@ -18,7 +18,7 @@ from fieldhub.uplink.bearers.base import PROBE_WINDOW, AckHandler
 from fieldhub.uplink.config import LinkConfig
 
 
-def mqtt_client(url: str, client_id: str, *, protocol: int = mqtt.MQTTv311, ca_file: str = "",
+def mqtt_client(url: str, client_id: str, *, protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv311, ca_file: str = "",
                 cert_file: str = "", key_file: str = "", username: str = "", password: str = "",
                 **kw: Any) -> tuple[mqtt.Client, str, int]:
     """A paho 2.x client for ``mqtt://`` / ``mqtts://`` with optional client-certificate TLS."""
@@ -35,7 +35,7 @@ def mqtt_client(url: str, client_id: str, *, protocol: int = mqtt.MQTTv311, ca_f
             raise ConfigError(f"TLS files for {url}: {exc}") from None
     if username:
         client.username_pw_set(username, password or None)
-    client.reconnect_delay_set(0.5, 10)
+    client.reconnect_delay_set(0.5, 10)  # type: ignore[arg-type]  # paho declares int seconds; it waits any float
     return client, u.hostname, u.port or (8883 if tls else 1883)
 
 
@@ -94,7 +94,7 @@ class MqttBearer:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self.ack_topic:
-            self.on_ack(msg.payload)
+            self.on_ack(bytes(msg.payload))  # paho's payload is bytes; bytes() of bytes is itself
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None) -> None:
         with self._lock:
