@@ -122,16 +122,25 @@ def local_time(ts_ns: int | None) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
 
 
+#: the times a query can name: 1970 up to the year 9999 (timestamps are ns in a signed 64-bit column)
+_TIME_RANGE_NS = (0, 253_402_300_799 * 10**9)
+
+
 def parse_time(value: str | None, *, now_ns: int | None = None) -> int | None:
     """'1h', '30m', '2d' (ago), epoch seconds, or an ISO 8601 time (local if no zone) -> ns UTC."""
     if value is None:
         return None
     now_ns = now_ns or time.time_ns()
     try:
-        return now_ns - int(configmod.parse_duration(value) * 1e9) if value[-1].isalpha() else \
+        ns = now_ns - int(configmod.parse_duration(value) * 1e9) if value[-1].isalpha() else \
             int(float(value) * 1e9)
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
+    else:
+        if not _TIME_RANGE_NS[0] <= ns <= _TIME_RANGE_NS[1]:
+            raise click.BadParameter(f"{value!r} is not a time between 1970 and 9999 "
+                                     f"/ 时间超出范围（1970–9999 年）")
+        return ns
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

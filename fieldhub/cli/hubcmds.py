@@ -42,6 +42,12 @@ def run(cfg: configmod.Config) -> None:
     from fieldhub.hub import Hub
 
     hub = Hub(cfg)
+    if not any(type(c).__module__.startswith("fieldhub.sources.") for c in hub.components):
+        where = f"config {cfg.path}" if cfg.path is not None else (
+            "no config file (--config, $FIELDHUB_CONFIG, ./fieldhub.toml, /etc/fieldhub/fieldhub.toml)")
+        click.echo(f"fieldhub: warning: no device source is configured ({where}; no [mqtt] broker, [serial] "
+                   f"ports or [mavlink] endpoints): this hub will receive nothing; `fieldhub init` writes a "
+                   f"documented sample / 未配置任何设备来源，hub 将收不到数据", err=True)
     click.echo(f"fieldhub {__version__}: hub {cfg.hub.id} running, data dir {hub.data_dir}; "
                f"components: {', '.join(c.name for c in hub.components)}. Ctrl-C to stop.", err=True)
     hub.run()
@@ -63,6 +69,9 @@ def status(cfg: configmod.Config, as_json: bool) -> None:
     try:
         data = control.call(cfg.data_dir, "status")
     except HubNotRunning:
+        if not cfg.data_dir.is_dir():
+            raise FieldhubError(f"data dir {cfg.data_dir} does not exist: no hub has run there (check "
+                                f"--data-dir / [hub] data_dir) / 数据目录不存在") from None
         data = collect(cfg)
     if as_json:
         emit_json(data)

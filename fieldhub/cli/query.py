@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -36,8 +38,19 @@ def query(cfg: Config, kind: str | None, device: str | None, since: str | None, 
     from fieldhub.core.datadir import STORE_FILE
     from fieldhub.sinks.store import LocalStore
 
+    start, end = parse_time(since), parse_time(until)
+    if start is not None and end is not None and end <= start:
+        raise click.UsageError(f"--until ({until}) is not after --since ({since}): the range is empty "
+                               f"/ 结束时间不晚于开始时间")
     store = LocalStore(cfg.data_dir / STORE_FILE, readonly=True)
-    recs = store.query(kind, device=device, since=parse_time(since), until=parse_time(until), limit=limit)
+    found = store.query(kind, device=device, since=start, until=end, limit=limit)
+    first = next(found, None)  # the rest still streams
+    recs: Iterable[Record] = itertools.chain([first], found) if first is not None else ()
+    if first is None and kind:
+        kinds = store.counts()
+        if kind not in kinds:
+            click.echo(f"fieldhub: no records of kind {kind!r} in the local store; kinds held: "
+                       f"{', '.join(sorted(kinds)) or 'none yet'} / 本地存储中没有此类记录", err=True)
     if as_json:
         emit_json_lines(r.to_json() for r in recs)
     elif as_csv:

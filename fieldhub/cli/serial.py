@@ -291,20 +291,35 @@ def dmr_text(cfg: Config, dest: str, text: str, src: str, device: str, as_json: 
 
 
 # ------------------------------------------------------------------ ptz
+#: what each absolute set command accepts: pan and tilt in degrees, zoom as the raw 16-bit position
+PTZ_RANGES: dict[str, tuple[float, float]] = {"set_pan": (0.0, 360.0), "set_tilt": (-90.0, 90.0),
+                                             "set_zoom": (0.0, 65535.0)}
+
+
 @click.command("ptz")
 @click.argument("command", type=click.Choice(
     ["left", "right", "up", "down", "zoom_in", "zoom_out", "stop", "set_preset", "clear_preset",
      "goto_preset", "set_pan", "set_tilt", "set_zoom", "query_pan", "query_tilt", "query_zoom"]))
 @click.option("--speed", default=32, show_default=True, help="Pan/tilt speed 0-63.")
 @click.option("--preset", default=1, show_default=True, help="Preset number.")
-@click.option("--value", default=0.0, help="Degrees for set_pan/set_tilt, raw for set_zoom.")
+@click.option("--value", type=float, help="Degrees for set_pan (0-360) / set_tilt (-90-90), raw for set_zoom "
+              "(0-65535); required by the set_ commands.")
 @click.option("--device", default="", help="Which PTZ port of the hub.")
 @hub_options
 @json_option
 @example("fieldhub ptz set_pan --value 90\nfieldhub ptz query_pan --json")
-def ptz(cfg: Config, command: str, speed: int, preset: int, value: float, device: str, as_json: bool) -> None:
+def ptz(cfg: Config, command: str, speed: int, preset: int, value: float | None, device: str,
+        as_json: bool) -> None:
     """Drive the PTZ control ball (布控球) through the running hub."""
     from fieldhub.core import control
+
+    if command in PTZ_RANGES:
+        lo, hi = PTZ_RANGES[command]
+        if value is None:
+            raise click.UsageError(f"{command} needs --value ({lo:g} to {hi:g}) / 需要 --value 参数")
+        if not lo <= value <= hi:
+            raise click.BadParameter(f"{value:g} is outside {lo:g} to {hi:g} for {command} / 超出范围",
+                                     param_hint="--value")
 
     res = control.call(cfg.data_dir, "serial.ptz", {"device": device, "command": {
         "cmd": command, "speed": speed, "preset": preset, "value": value}})

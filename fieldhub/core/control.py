@@ -94,7 +94,12 @@ def _dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:
         return {"ok": False, "error": "bad request: expected {\"cmd\": ..., \"args\": {...}}"}
     handler = handlers.get(cmd)
     if handler is None:
-        return {"ok": False, "error": f"unknown command {cmd!r}; known: {', '.join(sorted(handlers))}"}
+        part = cmd.partition(".")[0] if isinstance(cmd, str) else ""
+        if part and not any(name.startswith(part + ".") for name in handlers):
+            return {"ok": False, "error": f"this hub runs without {part}: it is not configured (see its section "
+                                          f"in `fieldhub init`'s sample config) / 该 hub 未启用 {part}（未配置）"}
+        return {"ok": False, "error": f"the hub does not know the request {cmd!r} (a newer or older fieldhub?) "
+                                      f"/ hub 不认识该请求"}
     try:
         return {"ok": True, "result": handler(args)}
     except FieldhubError as exc:
