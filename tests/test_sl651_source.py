@@ -205,3 +205,21 @@ def test_idle_connection_closed(tmp_path: Path) -> None:
         sock.close()
     finally:
         h.stop()
+
+
+def test_cli_stations(hub: Hub) -> None:
+    from tests.conftest import run_cli
+
+    srv = _server(hub)
+    dtu = Dtu(srv.address)
+    try:
+        dtu.send(report(station(4), 3, 1, 1234))
+        assert dtu.reply() is not None
+    finally:
+        dtu.close()
+    proc = run_cli("sl651", "stations", "--json", "--data-dir", str(hub.data_dir), check=True)
+    (row,) = __import__("json").loads(proc.stdout)
+    assert row["station"] == station(4) and row["device_id"] == "wl-004" and row["battery_v"] == 12.15
+    assert (row["reports"], row["stored"], row["confirms"], row["channel"]) == (1, 1, 1, "tcp")
+    text = run_cli("sl651", "stations", "--data-dir", str(hub.data_dir), check=True, env={"COLUMNS": "200"}).stdout
+    assert station(4) in text and "wl-004" in text

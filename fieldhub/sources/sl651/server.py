@@ -21,7 +21,7 @@ from typing import Any
 from drivers import sl651
 from drivers.base import ParseContext
 from fieldhub.core.component import HubContext, make_status
-from fieldhub.core.errors import ProtocolError, TransportError
+from fieldhub.core.errors import ProtocolError, TransportError, ValidationError
 from fieldhub.core.log import AppendResult, DurableLog
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.registry import Device, Registry
@@ -294,11 +294,13 @@ class Sl651Server:
         ctx = ParseContext(dev.id if dev else f"sl651-{hdr.station}", time.time_ns(), tags=tags, source=SOURCE)
         try:
             records = self.parser.records(hdr, ctx)
-        except ProtocolError as exc:
+        except (ProtocolError, ValidationError) as exc:
             self._bad(conn, raw, f"unparseable: {exc}", hdr.station)
             return
         reply = b""
         mode = str((dev.transport.get("confirm") if dev else None) or self.cfg.confirm).upper()
+        if mode not in ("EOT", "ESC", "NONE"):   # a typo in a registry entry must not stop the server
+            mode = self.cfg.confirm.upper()
         last_packet = hdr.start != sl651.SYN or hdr.seq == hdr.total
         if hdr.fc in sl651.CONFIRMED and mode != "NONE" and last_packet:
             reply = sl651.confirm_for(hdr, end=mode)
