@@ -22,6 +22,9 @@ DRIVERS: dict[str, str] = {
 
     # mavlink (issue 5)
     "mavlink": "drivers.mavlink",
+
+    # SL 651-2014 hydrological stations (issue 21)
+    "sl651": "drivers.sl651",
 }
 
 

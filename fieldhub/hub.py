@@ -35,6 +35,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
                   "fieldhub.sources.serial.ingest:build"),
     ComponentSpec("drones", "mavlink", "fieldhub.sources.mavlink.config:MavlinkConfig",
                   "fieldhub.sources.mavlink.drones:build_drones"),
+    ComponentSpec("sl651", "sl651", "fieldhub.sources.sl651.config:Sl651Config", "fieldhub.sources.sl651.server:build"),
     ComponentSpec("influx", "influx", "fieldhub.sinks.influx.config:InfluxConfig",
                   "fieldhub.sinks.influx.writer:build"),
     ComponentSpec("uplink", "uplink", "fieldhub.uplink.config:UplinkConfig", "fieldhub.uplink.sender:build"),

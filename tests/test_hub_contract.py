@@ -88,7 +88,8 @@ url = "http://127.0.0.1:8086"
 [uplink]
 enabled = false
 """)
-    assert {"hub", "log"} | set(SECTIONS) == {"hub", "log", "store", "mqtt", "serial", "mavlink", "influx", "uplink"}
+    assert {"hub", "log"} | set(SECTIONS) == {"hub", "log", "store", "mqtt", "serial", "mavlink", "influx", "uplink",
+                                                "sl651"}
     code = ("import sys, json\n"
             "from fieldhub.hub import load_config, sample_config\n"
             f"cfg = load_config({str(cfg)!r}, env={{}})\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from fieldhub import __version__
-from fieldhub.cli import demo, devices, hubcmds, influx, mavlink, mqtt, quarantine, query, replay, serial, uplink
+from fieldhub.cli import demo, devices, hubcmds, influx, mavlink, mqtt, quarantine, query, replay, serial, sl651, uplink
 from fieldhub.cli.common import EPILOG_WIDTH, HubGroup
 
 
@@ -61,5 +61,6 @@ sim.add_command(mavlink.sim_drone)
 main.add_command(influx.influx)
 # uplink: uplink status, center, sim link (issue 7)
 main.add_command(uplink.uplink)
+main.add_command(sl651.sl651)
 main.add_command(uplink.center)
 sim.add_command(uplink.sim_link)
