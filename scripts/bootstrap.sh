@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # servers for the tests and the demo (mosquitto_pub feeds the MQTT benchmark); a C compiler and
-# Python's headers for fieldhub/sinks/influx/_lpenc.c
-DEB_PACKAGES=(mosquitto mosquitto-clients influxdb victoria-metrics gcc libc6-dev python3-dev)
+# Python's headers for fieldhub/sinks/influx/_lpenc.c; systemd-analyze and logrotate check deploy/
+DEB_PACKAGES=(mosquitto mosquitto-clients influxdb victoria-metrics gcc libc6-dev python3-dev systemd logrotate)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
