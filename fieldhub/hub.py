@@ -39,6 +39,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
     ComponentSpec("influx", "influx", "fieldhub.sinks.influx.config:InfluxConfig",
                   "fieldhub.sinks.influx.writer:build"),
     ComponentSpec("uplink", "uplink", "fieldhub.uplink.config:UplinkConfig", "fieldhub.uplink.sender:build"),
+    ComponentSpec("metrics", "metrics", "fieldhub.metrics.config:MetricsConfig", "fieldhub.metrics.exporter:build"),
 )
 
 #: config section -> "module:Class", from the component list (the core's own [hub] and [log] aside)
@@ -92,7 +93,8 @@ class Hub:
             self.log = open_log(config, self.oplog)
             self.registry = Registry(self.data_dir / REGISTRY_FILE, profiles.names())
             self.control = ControlServer(self.data_dir / SOCKET_NAME)
-            self.ctx = HubContext(config, self.data_dir, config.hub.id, self.log, self.registry, self.oplog)
+            self.ctx = HubContext(config, self.data_dir, config.hub.id, self.log, self.registry, self.oplog,
+                                  live_status=self.live_status)
             for spec in COMPONENTS:
                 builder = load_object(spec.builder)
                 self._add(builder(self.ctx, config.section(spec.section) if spec.section else None))

@@ -24,7 +24,7 @@ from fieldhub.hub import COMPONENTS, SECTIONS, Hub, StartError, load_config
 from fieldhub.sources.mqtt.mosquitto import free_port
 from tests.conftest import ROOT, run_cli
 
-HEAVY = ("paho", "influxdb_client", "pymavlink", "serial")
+HEAVY = ("paho", "influxdb_client", "pymavlink", "serial", "prometheus_client")
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -87,9 +87,11 @@ endpoints = ["udpin:0.0.0.0:14550", "serial:/dev/ttyUSB1:57600"]
 url = "http://127.0.0.1:8086"
 [uplink]
 enabled = false
+[metrics]
+listen = "127.0.0.1:9108"
 """)
     assert {"hub", "log"} | set(SECTIONS) == {"hub", "log", "store", "mqtt", "serial", "mavlink", "influx", "uplink",
-                                                "sl651"}
+                                                "sl651", "metrics"}
     code = ("import sys, json\n"
             "from fieldhub.hub import load_config, sample_config\n"
             f"cfg = load_config({str(cfg)!r}, env={{}})\n"

@@ -121,6 +121,9 @@ class HubContext:
     oplog: OpLog
     #: set when the hub is stopping; long-running parts may wait on it
     stopping: threading.Event = field(default_factory=threading.Event)
+    #: the hub's live status (what ``fieldhub status --json`` shows), for parts that report on the
+    #: whole hub (the metrics endpoint); None outside a running hub
+    live_status: Callable[[], dict[str, Any]] | None = None
 
 
 #: a builder: (context, its own config section, or None for a component without one) -> component or None
