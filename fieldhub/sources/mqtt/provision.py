@@ -140,6 +140,16 @@ def queue_limit(opts: BrokerOptions) -> int:
     return max(10_000, int(opts.queue_hours * 3600 * opts.expected_rate))
 
 
+#: a listener setting (Mosquitto ignores it above the first ``listener`` line): a client's id is
+#: its user name, so a device with valid credentials cannot take the hub's session (and wipe
+#: what is queued for it) or another device's (and kick it off, which publishes its last will:
+#: a false offline alarm)
+CLIENTID_IS_USERNAME = (
+    "# client id = user name: no client can take another's session or kick it off",
+    "use_username_as_clientid true",
+)
+
+
 def broker_conf(directory: Path, opts: BrokerOptions) -> str:
     d = directory.resolve()
     q = queue_limit(opts)
@@ -173,10 +183,11 @@ def broker_conf(directory: Path, opts: BrokerOptions) -> str:
         "",
         f"listener {opts.port} {opts.listen_host}",
         "protocol mqtt",
+        *CLIENTID_IS_USERNAME,
     ]
     if opts.certfile:
         lines += ["", "# TLS listener (devices and remote hubs)",
-                  f"listener {opts.tls_port} {opts.listen_host}", "protocol mqtt",
+                  f"listener {opts.tls_port} {opts.listen_host}", "protocol mqtt", *CLIENTID_IS_USERNAME,
                   f"certfile {opts.certfile}", f"keyfile {opts.keyfile}",
                   "tls_version tlsv1.2"]
         if opts.cafile:
