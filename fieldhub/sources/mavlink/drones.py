@@ -16,6 +16,7 @@ from drivers.mavlink import (
     CommandSpec,
     Telemetry,
     build,
+    check_signature,
     mav,
     new_parser,
     signer,
@@ -307,7 +308,7 @@ class DroneHub:
         """Signature check with the drone's own key; unsigned or forged messages are dropped."""
         if not h.incompat_flags & mav.MAVLINK_IFLAG_SIGNED:
             reason = "unsigned"
-        elif d.verifier.check_signature(m._msgbuf, h.srcSystem, h.srcComponent):
+        elif check_signature(d.verifier, m._msgbuf, h.srcSystem, h.srcComponent):
             return True
         else:
             reason = "bad_signature"
