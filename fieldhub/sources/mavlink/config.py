@@ -97,7 +97,7 @@ class MavlinkConfig:
         for sysid, device in self.drones.items():
             if not sysid.isdigit() or not 1 <= int(sysid) <= 255:
                 raise ValueError(f"drones: system id {sysid!r} must be 1-255")
-            if not _DEVICE_ID.match(device):
+            if not _DEVICE_ID.fullmatch(device):
                 raise ValueError(f"drones.{sysid}: device id {device!r} must be letters, digits, '_', '.', '-'")
         if not 1 <= self.system_id <= 255:
             raise ValueError("system_id must be 1-255")
@@ -108,14 +108,14 @@ class MavlinkConfig:
                 raise ValueError(f"rates.{kind} must be >= 0")
 
 
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")  # as the registry; also the tlog folder name
+_HEX64 = re.compile(r"\A[0-9a-fA-F]{64}\Z")
+_DEVICE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")  # as the registry; also the tlog folder name
 
 
 def key_bytes(text: str) -> bytes:
     """A signing key: 64 hex digits as they are, anything else a passphrase hashed with SHA-256."""
     text = text.strip()
-    if _HEX64.match(text):
+    if _HEX64.fullmatch(text):
         return bytes.fromhex(text)
     if not text:
         raise ValueError("empty signing key")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fieldhub.core.errors import ValidationError
+from fieldhub.core.registry import valid_id
 from fieldhub.sources.mqtt.ingest import HUB_USER
 
 PASSWD, ACL, CONF, HUB_TOML = "passwd", "acl", "mosquitto.conf", "fieldhub-mqtt.toml"
@@ -93,8 +94,9 @@ class BrokerFiles:
         self.dir.mkdir(parents=True, exist_ok=True)
         users = self.users()
         for user, pw in passwords.items():
-            if ":" in user or not user:
-                raise ValidationError(f"broker user name {user!r} is not allowed")
+            if not valid_id(user):  # ':' or a newline would corrupt passwd and acl for every device
+                raise ValidationError(f"broker user name {user!r} is not allowed: 1-64 letters, digits, "
+                                      f"'_', '.', '-' / 用户名不合法")
             users[user] = hash_password(pw)
         _write_atomic(self.passwd, "".join(f"{u}:{h}\n" for u, h in sorted(users.items())))
         self.write_acl(users)
