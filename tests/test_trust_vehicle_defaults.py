@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
+import time
 from pathlib import Path
 
 import orjson
 import pytest
+from pymavlink import mavutil
 
+from drivers.mavlink import mav, new_parser
+from drivers.transport import DatagramTransport
 from fieldhub.core.records import Record
 from fieldhub.core.registry import Device
+from fieldhub.core.worker import Worker
+from fieldhub.hub import Hub, load_config
 from fieldhub.sources.mqtt.spec import Rejected, decode
+from simulators.drone import DroneSwarm, free_udp_port
 from tests.conftest import run_cli
 from tests.mqtt_util import ProvisionedBroker, client
 
@@ -76,3 +84,95 @@ def test_devices_export_escapes_formula_cells_and_reimports_unchanged(tmp_path: 
     run_cli("devices", "import", str(out), "--replace", "--data-dir", str(data), check=True)
     shown = orjson.loads(run_cli("devices", "show", "rg-1", "--json", "--data-dir", str(data), check=True).stdout)
     assert shown["unit"] == evil and shown["contact"] == "+86 138 0000 0000"
+
+
+def _non_loopback_ip() -> str | None:
+    """This machine's address on its default route, if it has one (to knock from outside loopback)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, the kernel only picks a route
+        ip = s.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+    return None if ip.startswith("127.") else ip
+
+
+def test_udp_endpoints_without_a_host_bind_to_loopback(tmp_path: Path) -> None:
+    """MAVLink drone and GCS endpoints and the DMR/LRRP datagram port listen on loopback unless a
+    host is configured; a datagram to the machine's LAN address does not reach them."""
+    drone_port, gcs_port, lrrp_port = free_udp_port(), free_udp_port(), free_udp_port()
+    hub = Hub(load_config(None, {"hub.data_dir": str(tmp_path / "data"), "store.enabled": False,
+                                 "mavlink.endpoints": [f"udpin::{drone_port}"],
+                                 "mavlink.forward": [f"udpin::{gcs_port}"]}, env={}))
+    hub.start()
+    lrrp = DatagramTransport(f"udp://:{lrrp_port}")
+    got: list[bytes] = []
+    worker = Worker("lrrp-test", lambda stop: lrrp.run(got.append))
+    worker.start()
+    try:
+        drones = next(c for c in hub.components if c.name == "drones")
+        bound = [ep.sock.getsockname() for ep in drones.endpoints + drones.gcs]
+        assert bound == [("127.0.0.1", drone_port), ("127.0.0.1", gcs_port)]
+        assert lrrp.connected.wait(5) and lrrp._sock is not None
+        assert lrrp._sock.getsockname() == ("127.0.0.1", lrrp_port)
+        ip = _non_loopback_ip()
+        if ip is not None:  # from outside loopback: refused at the socket layer, nothing arrives
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"\x00" * 8, (ip, lrrp_port))
+                s.sendto(b"\xfd" + b"\x00" * 20, (ip, drone_port))
+            time.sleep(0.3)
+            assert got == [] and drones.stats["bad_frames"] == 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # and loopback still works
+            s.sendto(b"\x00" * 8, ("127.0.0.1", lrrp_port))
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == [b"\x00" * 8]
+    finally:
+        lrrp.stop()
+        worker.stop(5)
+        hub.stop()
+
+
+def test_gcs_forward_is_one_way_unless_forward_commands(tmp_path: Path) -> None:
+    """With the README's setup (a drone link and a GCS forward), unsigned COMMAND_LONGs sent into
+    the forward port reach no drone: 0 of 5 (they did: 5 of 5). Telemetry still flows out."""
+    hub_port, gcs_port = free_udp_port(), free_udp_port()
+    gcs = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gcs.bind(("127.0.0.1", gcs_port))
+    gcs.settimeout(0.5)
+    hub = Hub(load_config(None, {"hub.data_dir": str(tmp_path / "data"), "store.enabled": False,
+                                 "mavlink.endpoints": [f"udpin:127.0.0.1:{hub_port}"],
+                                 "mavlink.forward": [f"udpout:127.0.0.1:{gcs_port}"]}, env={}))
+    hub.start()
+    swarm = DroneSwarm(1, f"udpout:127.0.0.1:{hub_port}", gps_loss=False, rate_hz=10)
+    swarm.start()
+    try:
+        drones = next(c for c in hub.components if c.name == "drones")
+        chunk, hub_addr = gcs.recvfrom(65535)  # telemetry is forwarded to the ground station
+        assert chunk
+        mode_before = swarm.drones[1].mode_name
+        attacker = new_parser(255, 190)
+        for confirmation in range(5):
+            gcs.sendto(bytes(attacker.command_long_encode(
+                1, 1, mav.MAV_CMD_DO_SET_MODE, confirmation, 1, mavutil.mode_mapping_byname(2)["LAND"],
+                0, 0, 0, 0, 0).pack(attacker)), hub_addr)
+            gcs.sendto(bytes(attacker.command_long_encode(
+                1, 1, mav.MAV_CMD_COMPONENT_ARM_DISARM, confirmation, 0, 21196, 0, 0, 0, 0, 0)
+                .pack(attacker)), hub_addr)
+        deadline = time.monotonic() + 5
+        while drones.stats.get("dropped_from_gcs", 0) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert swarm.drones[1].mode_name == mode_before and swarm.drones[1].stats["commands"] == 0
+        assert drones.stats["dropped_from_gcs"] == 10 and drones.stats["from_gcs"] == 0
+        assert drones.status()["dropped_from_gcs"] == 10
+    finally:
+        swarm.stop()
+        gcs.close()
+        hub.stop()
+    events = [line for line in (tmp_path / "data").rglob("oplog.jsonl") for line in
+              line.read_text(encoding="utf-8", errors="replace").splitlines() if "gcs_one_way" in line]
+    assert len(events) == 1 and "forward_commands" in events[0]

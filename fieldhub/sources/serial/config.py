@@ -18,7 +18,7 @@ class SerialPortConfig:
     #: protocol driver: nmea, beidou_rdss, tiantong, dmr, pelco_d
     driver: str = ""
     #: pyserial URL or path: /dev/ttyUSB0, /dev/serial/by-id/..., a pty path, socket://host:port;
-    #: udp://0.0.0.0:4001 listens for datagrams (Motorola LRRP)
+    #: udp://0.0.0.0:4001 listens for datagrams (Motorola LRRP) on every interface; udp://:4001 on loopback only
     url: str = ""
     #: firmware profile ("" = the device's registry model, else the driver's generic profile)
     profile: str = ""
