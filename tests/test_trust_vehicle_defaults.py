@@ -176,3 +176,45 @@ def test_gcs_forward_is_one_way_unless_forward_commands(tmp_path: Path) -> None:
     events = [line for line in (tmp_path / "data").rglob("oplog.jsonl") for line in
               line.read_text(encoding="utf-8", errors="replace").splitlines() if "gcs_one_way" in line]
     assert len(events) == 1 and "forward_commands" in events[0]
+
+
+def test_data_dir_is_0750_and_its_databases_0640(tmp_path: Path) -> None:
+    """A real hub process with the usual umask 022, on a data dir an older version left 0755 with
+    a world-readable hub.json: afterwards the dir is 0750 and every file in it 0640 at most."""
+    import os
+    import signal
+    import stat
+    import subprocess
+
+    from fieldhub.core import control
+    from fieldhub.core.errors import FieldhubError
+    from tests.conftest import ROOT, fieldhub_cmd
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    (data / "hub.json").write_text("{}")
+    (data / "hub.json").chmod(0o644)
+    run_cli("devices", "add", "rg-1", "--kind", "rain_gauge", "--admin-code", "420102001001",
+            "--data-dir", str(data), check=True)
+    proc = subprocess.Popen(fieldhub_cmd("run", "--data-dir", str(data)), cwd=str(ROOT),
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: os.umask(0o022))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                control.call(data, "ping", timeout=2)
+                break
+            except (FieldhubError, OSError):
+                assert proc.poll() is None and time.monotonic() < deadline, "hub did not start"
+                time.sleep(0.1)
+        modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in [data, *data.iterdir()]
+                 if not p.is_socket()}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert modes[data.name] == 0o750
+    assert {"log.db", "log.db-wal", "registry.db", "hub.json", "oplog.jsonl"} <= set(modes)
+    loose = {name: oct(m) for name, m in modes.items() if m & 0o027}
+    assert not loose, loose
