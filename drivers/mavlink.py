@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import re
 import struct
@@ -410,6 +412,41 @@ def sync_signing_clock(m: Any) -> None:
     """Signing timestamps must follow real time: receivers reject a new stream over a minute old."""
     if m.signing.sign_outgoing:
         m.signing.timestamp = max(m.signing.timestamp, signing_now())
+
+
+#: a new signing stream may start at most this far (10 µs units: one minute) behind our clock
+NEW_STREAM_SLACK = 6_000_000
+
+
+def check_signature(m: Any, msgbuf: bytes | bytearray, src_system: int, src_component: int) -> bool:
+    """MAVLink 2 signature check whose state moves only after the signature verifies.
+
+    Replaces pymavlink's ``MAVLink.check_signature``, which stores the stream's timestamp
+    before it compares the signature: one forged packet carrying timestamp 2^48-1 made every
+    genuine packet after it a "replay". Here a packet must first be signed with the key; only
+    then is its timestamp checked against the stream (link id, system, component) and
+    remembered, as the C library (``mavlink_signature_check``) and ArduPilot do.
+    """
+    s = m.signing
+    if s.secret_key is None or len(msgbuf) < 13 + 10:
+        return False
+    want = hashlib.sha256(bytes(s.secret_key) + bytes(msgbuf[:-6])).digest()[:6]
+    if not hmac.compare_digest(want, bytes(msgbuf[-6:])):
+        s.badsig_count += 1
+        return False
+    timestamp = int.from_bytes(msgbuf[-12:-6], "little")
+    stream = (msgbuf[-13], src_system, src_component)
+    last = s.stream_timestamps.get(stream)
+    if last is not None and timestamp <= last:
+        s.reject_count += 1
+        return False  # a replay (or an old packet) of a genuine one
+    if last is None and timestamp + NEW_STREAM_SLACK < s.timestamp:
+        s.reject_count += 1
+        return False  # a new stream over a minute behind our clock: a recorded stream replayed
+    s.stream_timestamps[stream] = timestamp
+    s.timestamp = max(s.timestamp, timestamp)
+    s.goodsig_count += 1
+    return True
 
 
 def signer(key: bytes | None, src_system: int, src_component: int, link_id: int = 0) -> Any:

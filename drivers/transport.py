@@ -135,7 +135,8 @@ class DatagramTransport:
         rest = url[len("udp://"):]
         host, _sep, port = rest.rpartition(":")
         try:
-            self.addr = (host.strip("[]") or "0.0.0.0", int(port))
+            # no host: loopback only; every interface must be asked for (udp://0.0.0.0:4001)
+            self.addr = (host.strip("[]") or "127.0.0.1", int(port))
         except ValueError:
             raise TransportError(f"{url}: expected udp://HOST:PORT") from None
         self._socket_mod = socket

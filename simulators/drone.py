@@ -11,7 +11,7 @@ from typing import Any
 
 from pymavlink import mavutil
 
-from drivers.mavlink import mav, new_parser, signer, sync_signing_clock
+from drivers.mavlink import check_signature, mav, new_parser, signer, sync_signing_clock
 from fieldhub.sources.mavlink.endpoints import Endpoint, make_endpoint
 
 EARTH_R = 6378137.0
@@ -211,7 +211,7 @@ class SimDrone:
             return True
         h = m._header
         if h.incompat_flags & mav.MAVLINK_IFLAG_SIGNED and \
-                self.verifier.check_signature(m._msgbuf, h.srcSystem, h.srcComponent):
+                check_signature(self.verifier, m._msgbuf, h.srcSystem, h.srcComponent):
             return True
         self.stats["rejected_unsigned"] += 1
         return False

@@ -66,6 +66,7 @@ data_dir = "{data}"
 [mavlink]
 endpoints = ["udpin:127.0.0.1:{hub_port}"]
 forward = ["udpout:127.0.0.1:{gcs_port}"]
+forward_commands = true
 drones = {{1 = "uav-01"}}
 command_timeout = "700ms"
 """)

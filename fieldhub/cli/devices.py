@@ -111,7 +111,11 @@ def devices_import(cfg: Config, csv_file: str, replace: bool) -> None:
 @hub_options
 @example("fieldhub devices export --out devices.csv")
 def devices_export(cfg: Config, out: str | None) -> None:
-    """Export the registry as CSV (the format `devices import` reads)."""
+    """Export the registry as CSV (the format `devices import` reads).
+
+    A model, unit or contact cell starting with =, +, -, @ or a tab would run as a formula in
+    a spreadsheet: it is written with a leading ' (which `devices import` removes again).
+    """
     text = open_registry(cfg).export_csv()
     if out:
         Path(out).write_text(text, encoding="utf-8")

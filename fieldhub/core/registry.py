@@ -35,8 +35,10 @@ PROVINCES = {
     "65": "新疆", "71": "台湾", "81": "香港", "82": "澳门",
 }
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: full matches only (\A..\Z): ``$`` also matches before a trailing newline, and a device id
+#: with one corrupts the broker's password and ACL files so Mosquitto refuses to start
+_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
+_KIND_RE = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,7 @@ class AdminCode:
     @classmethod
     def parse(cls, value: str) -> AdminCode:
         code = str(value).strip()
-        if not re.fullmatch(r"\d{12}", code):
+        if not re.fullmatch(r"[0-9]{12}", code):
             raise ValidationError(
                 f"admin code {value!r} must be 12 digits (6-digit GB/T 2260 county code + "
                 "3-digit township + 3-digit village) / 区划代码须为12位数字")
@@ -115,12 +117,30 @@ class Device:
 
 
 CSV_COLUMNS = ("id", "kind", "admin_code", "model", "unit", "contact", "transport")
+#: a cell starting with one of these is a formula to Excel, LibreOffice and Sheets
+#: (``=HYPERLINK(...)``, ``@SUM(...)``, ``+cmd|...``); the export prefixes it with ``'``
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A free-text cell as exported: a formula-leading one gets a ``'`` (OWASP CSV injection)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def csv_uncell(text: str) -> str:
+    """The inverse of ``csv_cell`` on import, so an export re-imports unchanged."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+
+
+def valid_id(device_id: object) -> bool:
+    """A device id that is safe in topics, broker files, file names and CSV: 1-64 of [A-Za-z0-9_.-]."""
+    return isinstance(device_id, str) and _ID_RE.fullmatch(device_id) is not None
 
 
 def validate_device(device: Device, known_models: Iterable[str] | None = None) -> Device:
-    if not _ID_RE.match(device.id or ""):
+    if not valid_id(device.id):
         raise ValidationError(f"device id {device.id!r}: 1-64 letters, digits, '_', '.', '-'")
-    if not _KIND_RE.match(device.kind or ""):
+    if not _KIND_RE.fullmatch(device.kind or ""):
         raise ValidationError(f"device kind {device.kind!r}: lower-case letters, digits, '_'")
     AdminCode.parse(device.admin_code)
     if device.model and known_models is not None and device.model not in set(known_models):
@@ -179,11 +199,12 @@ class Registry:
         return list(self._cache.values())
 
     def export_csv(self) -> str:
+        """The registry as CSV; free-text cells that a spreadsheet would run as a formula are escaped."""
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(CSV_COLUMNS)
         for d in self.all():
-            w.writerow([d.id, d.kind, d.admin_code, d.model, d.unit, d.contact,
+            w.writerow([d.id, d.kind, d.admin_code, csv_cell(d.model), csv_cell(d.unit), csv_cell(d.contact),
                         orjson.dumps(d.transport).decode() if d.transport else ""])
         return buf.getvalue()
 
@@ -202,8 +223,9 @@ class Registry:
                     raise ValidationError("transport must be a JSON object")
                 dev = Device(id=(row.get("id") or "").strip(), kind=(row.get("kind") or "").strip(),
                              admin_code=(row.get("admin_code") or "").strip(),
-                             model=(row.get("model") or "").strip(), unit=row.get("unit") or "",
-                             contact=row.get("contact") or "", transport=transport)
+                             model=csv_uncell((row.get("model") or "").strip()),
+                             unit=csv_uncell(row.get("unit") or ""),
+                             contact=csv_uncell(row.get("contact") or ""), transport=transport)
                 validate_device(dev, self.known_models)
             except (ValidationError, orjson.JSONDecodeError) as exc:
                 raise ValidationError(f"{source} line {lineno}: {exc}") from None

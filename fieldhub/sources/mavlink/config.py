@@ -25,6 +25,8 @@ def _default_rates() -> dict[str, float]:
 
 
 KINDS = ("udpin", "udpout", "tcp", "tcpin", "serial")
+#: where an endpoint without a host binds (or connects): only this machine
+LOOPBACK = "127.0.0.1"
 DEFAULT_BAUD = 57600
 
 
@@ -50,7 +52,8 @@ class EndpointSpec:
         host, _, port = rest.rpartition(":")
         if not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"bad endpoint {text!r}: port must be 0-65535", key=key, expected=expected)
-        return cls(kind, host or "0.0.0.0", int(port), text)
+        # no host: loopback. Listening on every interface must be asked for ("udpin:0.0.0.0:14550")
+        return cls(kind, host.strip("[]") or LOOPBACK, int(port), text)
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,15 @@ class MavlinkConfig:
     """[mavlink] drones over MAVLink: endpoints, ground-station forwarding, signing, tlogs, commands."""
 
     #: where drones are: "udpin:0.0.0.0:14550", "udpout:HOST:PORT", "tcp:HOST:5760",
-    #: "tcpin:0.0.0.0:5760", "serial:/dev/ttyUSB0:57600" (several allowed; [] = MAVLink off)
+    #: "tcpin:0.0.0.0:5760", "serial:/dev/ttyUSB0:57600" (several allowed; [] = MAVLink off);
+    #: without a host ("udpin::14550") an endpoint binds to loopback only
     endpoints: list[str] = field(default_factory=list)
-    #: ground stations the raw stream is forwarded to, and whose commands go back to the drones
-    #: (e.g. "udpout:192.168.1.20:14550", "udpin:0.0.0.0:14551")
+    #: ground stations the raw stream is forwarded to (e.g. "udpout:192.168.1.20:14550",
+    #: "udpin:0.0.0.0:14551"); one-way unless forward_commands is true
     forward: list[str] = field(default_factory=list)
+    #: let what the forward endpoints send (COMMAND_LONG, missions, parameters...) go back to the
+    #: drones. Off: a forward port is telemetry out only, so whoever can reach it cannot fly a drone
+    forward_commands: bool = False
     #: system id -> device id, e.g. {1 = "uav-wuhan-01"}; unlisted drones are "drone-<sysid>"
     drones: dict[str, str] = field(default_factory=dict)
     #: device id -> MAVLink 2 signing key: 64 hex digits, or a passphrase (SHA-256, as MAVProxy/QGC);
@@ -97,7 +104,7 @@ class MavlinkConfig:
         for sysid, device in self.drones.items():
             if not sysid.isdigit() or not 1 <= int(sysid) <= 255:
                 raise ValueError(f"drones: system id {sysid!r} must be 1-255")
-            if not _DEVICE_ID.match(device):
+            if not _DEVICE_ID.fullmatch(device):
                 raise ValueError(f"drones.{sysid}: device id {device!r} must be letters, digits, '_', '.', '-'")
         if not 1 <= self.system_id <= 255:
             raise ValueError("system_id must be 1-255")
@@ -108,14 +115,14 @@ class MavlinkConfig:
                 raise ValueError(f"rates.{kind} must be >= 0")
 
 
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")  # as the registry; also the tlog folder name
+_HEX64 = re.compile(r"\A[0-9a-fA-F]{64}\Z")
+_DEVICE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")  # as the registry; also the tlog folder name
 
 
 def key_bytes(text: str) -> bytes:
     """A signing key: 64 hex digits as they are, anything else a passphrase hashed with SHA-256."""
     text = text.strip()
-    if _HEX64.match(text):
+    if _HEX64.fullmatch(text):
         return bytes.fromhex(text)
     if not text:
         raise ValueError("empty signing key")

@@ -16,6 +16,7 @@ from drivers.mavlink import (
     CommandSpec,
     Telemetry,
     build,
+    check_signature,
     mav,
     new_parser,
     signer,
@@ -120,7 +121,7 @@ class DroneHub:
         self.gcs = [make_endpoint(e, self.on_gcs_data, "gcs", f"mavlink.forward[{i}]")
                     for i, e in enumerate(cfg.forward)]
         self.stats = {"messages": 0, "bad_frames": 0, "records": 0, "dropped_unsigned": 0,
-                      "dropped_bad_signature": 0, "forwarded_to_gcs": 0, "from_gcs": 0,
+                      "dropped_bad_signature": 0, "forwarded_to_gcs": 0, "from_gcs": 0, "dropped_from_gcs": 0,
                       "append_errors": 0, "quarantined": 0, "unknown_messages": 0, "other_messages": 0}
         self._hb = new_parser(cfg.system_id, HUB_COMPONENT)
         self._monitor_worker = Worker("drones-monitor", self._monitor)
@@ -307,7 +308,7 @@ class DroneHub:
         """Signature check with the drone's own key; unsigned or forged messages are dropped."""
         if not h.incompat_flags & mav.MAVLINK_IFLAG_SIGNED:
             reason = "unsigned"
-        elif d.verifier.check_signature(m._msgbuf, h.srcSystem, h.srcComponent):
+        elif check_signature(d.verifier, m._msgbuf, h.srcSystem, h.srcComponent):
             return True
         else:
             reason = "bad_signature"
@@ -405,7 +406,11 @@ class DroneHub:
                 self.stats["forwarded_to_gcs"] += 1
 
     def on_gcs_data(self, ep: Endpoint, data: bytes, peer: Any) -> None:
-        """What a ground station sends goes to the drone it targets (or every drone link)."""
+        """What a ground station sends goes to the drone it targets (or every drone link), only
+        with ``forward_commands = true``; otherwise it is dropped, counted and said once."""
+        if not self.cfg.forward_commands:
+            self._gcs_refused(ep, data, peer)
+            return
         ts_us = time.time_ns() // 1000
         key = (id(ep), peer)
         out: dict[tuple[int, Any], tuple[tuple[Endpoint, Any], list[bytes]]] = {}
@@ -430,6 +435,17 @@ class DroneHub:
                     out.setdefault(k, (link, []))[1].append(bytes(m._msgbuf))
         for link, bufs in out.values():
             link[0].send(b"".join(bufs), link[1])
+
+    def _gcs_refused(self, ep: Endpoint, data: bytes, peer: Any) -> None:
+        with self._lock:
+            self.stats["dropped_from_gcs"] += 1
+            first = self.stats["dropped_from_gcs"] == 1
+        if first:
+            self._op("warning", "gcs_one_way",
+                     f"{ep.name}: {peer} sent MAVLink to the drones; dropped, forward ports are one-way "
+                     f"(set [mavlink] forward_commands = true to let ground stations command drones)",
+                     f"{ep.name}：地面站 {peer} 发往无人机的 MAVLink 已丢弃（转发端口为单向；"
+                     f"如需地面站控制无人机，设置 [mavlink] forward_commands = true）")
 
     # ------------------------------------------------------------------ monitor
     def _monitor(self, stop: threading.Event) -> None:

@@ -17,7 +17,8 @@ class MqttConfig:
     #: the hub's own broker account (written by `fieldhub provision broker-config`)
     username: str = ""
     password: str = ""
-    #: client id of the hub's persistent session ("" = fieldhub-<hub id>)
+    #: client id of the hub's persistent session ("" = fieldhub-<hub id>); a broker configured by
+    #: `fieldhub provision broker-config` ties client ids to user names, so there it is the username
     client_id: str = ""
     #: CA certificate for mqtts:// ("" = system CAs)
     tls_ca: str = ""

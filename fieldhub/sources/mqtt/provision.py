@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fieldhub.core.errors import ValidationError
+from fieldhub.core.registry import valid_id
 from fieldhub.sources.mqtt.ingest import HUB_USER
 
 PASSWD, ACL, CONF, HUB_TOML = "passwd", "acl", "mosquitto.conf", "fieldhub-mqtt.toml"
@@ -93,8 +94,9 @@ class BrokerFiles:
         self.dir.mkdir(parents=True, exist_ok=True)
         users = self.users()
         for user, pw in passwords.items():
-            if ":" in user or not user:
-                raise ValidationError(f"broker user name {user!r} is not allowed")
+            if not valid_id(user):  # ':' or a newline would corrupt passwd and acl for every device
+                raise ValidationError(f"broker user name {user!r} is not allowed: 1-64 letters, digits, "
+                                      f"'_', '.', '-' / 用户名不合法")
             users[user] = hash_password(pw)
         _write_atomic(self.passwd, "".join(f"{u}:{h}\n" for u, h in sorted(users.items())))
         self.write_acl(users)
@@ -140,6 +142,16 @@ def queue_limit(opts: BrokerOptions) -> int:
     return max(10_000, int(opts.queue_hours * 3600 * opts.expected_rate))
 
 
+#: a listener setting (Mosquitto ignores it above the first ``listener`` line): a client's id is
+#: its user name, so a device with valid credentials cannot take the hub's session (and wipe
+#: what is queued for it) or another device's (and kick it off, which publishes its last will:
+#: a false offline alarm)
+CLIENTID_IS_USERNAME = (
+    "# client id = user name: no client can take another's session or kick it off",
+    "use_username_as_clientid true",
+)
+
+
 def broker_conf(directory: Path, opts: BrokerOptions) -> str:
     d = directory.resolve()
     q = queue_limit(opts)
@@ -173,10 +185,11 @@ def broker_conf(directory: Path, opts: BrokerOptions) -> str:
         "",
         f"listener {opts.port} {opts.listen_host}",
         "protocol mqtt",
+        *CLIENTID_IS_USERNAME,
     ]
     if opts.certfile:
         lines += ["", "# TLS listener (devices and remote hubs)",
-                  f"listener {opts.tls_port} {opts.listen_host}", "protocol mqtt",
+                  f"listener {opts.tls_port} {opts.listen_host}", "protocol mqtt", *CLIENTID_IS_USERNAME,
                   f"certfile {opts.certfile}", f"keyfile {opts.keyfile}",
                   "tls_version tlsv1.2"]
         if opts.cafile:

@@ -25,8 +25,8 @@ DOWN_FILTER = "fh/+/down/#"
 SEVERITIES = ("critical", "major", "minor", "info")
 ACK_RESULTS = ("ok", "accepted", "in_progress", "rejected", "failed", "unsupported")
 
-_TOPIC_RE = re.compile(r"^fh/([^/]+)/up/([^/]+)$")
-_FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_TOPIC_RE = re.compile(r"\Afh/([^/]+)/up/([^/]+)\Z")
+_FIELD_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z")  # \Z: "$" passes a trailing newline
 MAX_FIELDS = 64
 MAX_STR = 512
 #: epoch-ms bounds a device timestamp must lie within to be a timestamp at all (2000..2100)
@@ -75,7 +75,7 @@ class Message:
 @lru_cache(maxsize=65536)  # a fleet uses few topics; bad ones raise and are not cached
 def parse_topic(topic: str) -> tuple[str, str]:
     """``fh/{device_id}/up/{channel}`` -> (device_id, channel), or Rejected."""
-    m = _TOPIC_RE.match(topic)
+    m = _TOPIC_RE.fullmatch(topic)
     if not m:
         raise Rejected(f"topic {topic[:120]!r} is not fh/{{device_id}}/up/{{channel}}")
     device_id, channel = m.group(1), m.group(2)
@@ -149,7 +149,7 @@ def _check_fields(fields: Any, spec: Mapping[str, tuple[type, float | None, floa
     out: dict[str, Any] = {}
     common = COMMON_FIELDS
     for name, value in fields.items():
-        if name.__class__ is not str or not _FIELD_RE.match(name):
+        if name.__class__ is not str or not _FIELD_RE.fullmatch(name):
             raise Rejected(f"field name {str(name)[:40]!r}: letters, digits, '_', at most 64")
         t = value.__class__
         if t is float:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from fieldhub.core import profiles
 from fieldhub.core.config import Duration
+from fieldhub.core.registry import valid_id
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class SerialPortConfig:
     #: protocol driver: nmea, beidou_rdss, tiantong, dmr, pelco_d
     driver: str = ""
     #: pyserial URL or path: /dev/ttyUSB0, /dev/serial/by-id/..., a pty path, socket://host:port;
-    #: udp://0.0.0.0:4001 listens for datagrams (Motorola LRRP)
+    #: udp://0.0.0.0:4001 listens for datagrams (Motorola LRRP) on every interface; udp://:4001 on loopback only
     url: str = ""
     #: firmware profile ("" = the device's registry model, else the driver's generic profile)
     profile: str = ""
@@ -48,6 +49,8 @@ class SerialConfig:
                 raise ValueError(f"ports[{i}].driver {p.driver!r}: one of {', '.join(profiles.FAMILIES)}")
             if not p.device_id or not p.url:
                 raise ValueError(f"ports[{i}]: device_id and url are required")
+            if not valid_id(p.device_id):
+                raise ValueError(f"ports[{i}]: device_id {p.device_id!r}: 1-64 letters, digits, '_', '.', '-'")
             if p.device_id in seen:
                 raise ValueError(f"ports[{i}]: device {p.device_id} listed twice")
             seen.add(p.device_id)
