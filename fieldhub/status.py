@@ -64,7 +64,9 @@ def collect(config: Config, *, log: DurableLog | None = None,
         state = states.get(dev.id, "offline")
         by_level[AdminCode(dev.admin_code).level][state] += 1
         by_kind[dev.kind][state] += 1
-    out["devices"] = {"total": len(devices), "by_level": dict(by_level), "by_kind": dict(by_kind)}
+    out["devices"] = {"total": len(devices), "by_level": dict(by_level), "by_kind": dict(by_kind),
+                      # registry devices not heard from (offline), for the live screen; at most 50 named
+                      "silent": sorted(d.id for d in devices if states.get(d.id, "offline") == "offline")[:50]}
     if reg is not None and registry is None:
         reg.close()
     # log: size, consumers, quarantine, counters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -57,28 +58,74 @@ def run(cfg: configmod.Config) -> None:
 @click.command("status")
 @hub_options
 @json_option
-@example("fieldhub status --data-dir /var/lib/fieldhub --json")
-def status(cfg: configmod.Config, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Live screen, refreshed every --interval seconds until Ctrl-C "
+              "(fits 80x24; with --json one JSON document per refresh).")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option("--once", is_flag=True, help="With --watch: print one frame of the live screen and exit.")
+@example("fieldhub status --data-dir /var/lib/fieldhub --json\nfieldhub status --watch")
+def status(cfg: configmod.Config, as_json: bool, watch: bool, interval: float, once: bool) -> None:
     """Devices online/offline by level and kind, consumer backlogs, disk use, last errors.
 
     Asks the running hub; if none runs, reads the data dir directly.
     """
-    from fieldhub.core import control
-    from fieldhub.status import collect
-
-    try:
-        data = control.call(cfg.data_dir, "status")
-    except HubNotRunning:
-        if not cfg.data_dir.is_dir():
-            raise FieldhubError(f"data dir {cfg.data_dir} does not exist: no hub has run there (check "
-                                f"--data-dir / [hub] data_dir) / 数据目录不存在") from None
-        data = collect(cfg)
+    if watch:
+        _watch(cfg, as_json, max(0.2, interval), once)
+        return
+    data = _snapshot(cfg)
     if as_json:
         emit_json(data)
         return
     from fieldhub.cli.render import print_status
 
     print_status(data)
+
+
+def _snapshot(cfg: configmod.Config) -> dict[str, Any]:
+    """The running hub's status, or the data dir's when no hub runs."""
+    from fieldhub.core import control
+    from fieldhub.status import collect
+
+    try:
+        data: dict[str, Any] = control.call(cfg.data_dir, "status")
+    except HubNotRunning:
+        if not cfg.data_dir.is_dir():
+            raise FieldhubError(f"data dir {cfg.data_dir} does not exist: no hub has run there (check "
+                                f"--data-dir / [hub] data_dir) / 数据目录不存在") from None
+        data = collect(cfg)
+    return data
+
+
+def _watch(cfg: configmod.Config, as_json: bool, interval: float, once: bool) -> None:
+    """The live screen: one frame per ``interval`` until Ctrl-C (a normal exit here)."""
+    import time
+
+    from rich.live import Live
+
+    from fieldhub.cli.render import console, status_frame
+
+    if as_json:
+        try:
+            while True:
+                emit_json_lines([orjson.dumps(_snapshot(cfg), default=str)])
+                if once:
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+    out = console()
+    size = out.size
+    if once:
+        out.print(status_frame(_snapshot(cfg), size.width, size.height))
+        return
+    try:
+        with Live(status_frame(_snapshot(cfg), size.width, size.height), console=out, screen=True,
+                  auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                size = out.size
+                live.update(status_frame(_snapshot(cfg), size.width, size.height), refresh=True)
+    except KeyboardInterrupt:
+        return
 
 
 @click.command("events")
