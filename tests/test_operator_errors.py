@@ -83,3 +83,39 @@ def test_ptz_absolute_moves_need_a_value_in_range(tmp_path: Path, args: list[str
 def test_ptz_in_range_goes_to_the_hub(tmp_path: Path) -> None:
     proc = run_cli("ptz", "set_pan", "--value", "90", "--data-dir", str(tmp_path))
     assert proc.returncode == 3 and "no hub is running" in proc.stderr  # validated, then sent
+
+
+def test_an_unreachable_broker_is_said_once_on_the_console_then_recovery(tmp_path: Path) -> None:
+    """`fieldhub run --broker` at a port where nothing listens: a warning on the console and in the
+    events within seconds, once (not one per retry), and a recovery line when the broker appears."""
+    import json
+
+    from fieldhub.sources.mqtt.mosquitto import Mosquitto, free_port
+    from tests.mqtt_util import wait_for
+
+    port = free_port()
+    data = tmp_path / "data"
+    hub = _start_hub(data, "--broker", f"mqtt://127.0.0.1:{port}")
+    broker = None
+
+    def events(name: str) -> list[dict]:
+        path = data / "oplog.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [e for e in map(json.loads, lines) if e["event"] == name]
+
+    try:
+        wait_for(lambda: events("mqtt_unreachable"), 10, "the unreachable warning")
+        time.sleep(4)  # paho retries meanwhile (1 s, then 2 s ...): no new line for each
+        unreachable = events("mqtt_unreachable")
+        assert len(unreachable) == 1 and unreachable[0]["level"] == "warning"
+        assert "无法连接 MQTT 代理" in unreachable[0]["message_zh"]
+        broker = Mosquitto(tmp_path / "broker", port=port).start()
+        recovered = wait_for(lambda: events("mqtt_recovered"), 45, "the recovery line")
+        assert recovered[0]["attempts"] >= 2
+    finally:
+        hub.send_signal(signal.SIGINT)
+        _, err = hub.communicate(timeout=30)
+        if broker is not None:
+            broker.stop()
+    warnings = [line for line in err.splitlines() if "[warning] cannot reach MQTT broker" in line]
+    assert len(warnings) == 1 and "无法连接 MQTT 代理" in warnings[0]  # on the console, both languages

@@ -49,10 +49,18 @@ def run(cfg: configmod.Config) -> None:
         click.echo(f"fieldhub: warning: no device source is configured ({where}; no [mqtt] broker, [serial] "
                    f"ports or [mavlink] endpoints): this hub will receive nothing; `fieldhub init` writes a "
                    f"documented sample / 未配置任何设备来源，hub 将收不到数据", err=True)
+    hub.oplog.echo = _console_line  # warnings and errors reach the operator's console as they happen
     click.echo(f"fieldhub {__version__}: hub {cfg.hub.id} running, data dir {hub.data_dir}; "
                f"components: {', '.join(c.name for c in hub.components)}. Ctrl-C to stop.", err=True)
     hub.run()
     click.echo("stopped cleanly / 已正常停止", err=True)
+
+
+def _console_line(entry: dict[str, Any]) -> None:
+    """One operator-log entry on the console: local time, level, English / Chinese."""
+    zh = entry.get("message_zh")
+    both = entry["message"] + (f" / {zh}" if zh and zh != entry["message"] else "")
+    click.echo(f"{local_time(entry['ts'])} [{entry['level']}] {both}", err=True)
 
 
 @click.command("status")

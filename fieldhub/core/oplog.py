@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ class OpLog:
         self._lock = threading.Lock()
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
         self.counts = {level: 0 for level in LEVELS}
+        #: called with each warning and error entry (``fieldhub run`` prints them on the console)
+        self.echo: Callable[[dict[str, Any]], None] | None = None
 
     def write(self, level: str, event: str, message: str, message_zh: str = "", **extra: Any) -> None:
         entry = {"ts": time.time_ns(), "level": level, "event": event, "message": message,
@@ -39,6 +42,11 @@ class OpLog:
                         os.close(fd)
                 except OSError:
                     pass  # the operator log must never take the hub down; entry stays in memory
+        if self.echo is not None and level != "info":
+            try:
+                self.echo(entry)
+            except Exception:  # noqa: BLE001 - a console that went away must not take the hub down
+                pass
 
 
 def tail(path: Path, n: int = 20, levels: tuple[str, ...] = LEVELS) -> list[dict[str, Any]]:

@@ -48,6 +48,9 @@ def broker_address(url: str) -> tuple[str, int, bool]:
     return u.hostname, u.port or (8883 if tls else 1883), tls
 
 
+#: while the broker stays unreachable (or refuses the hub), the operator log says so again this often
+REMIND_S = 300.0
+
 class AckPipeline:
     """Acknowledges batches to the broker strictly in arrival order, each once it is durable.
 
@@ -178,6 +181,9 @@ class MqttIngest:
                       "disconnects": 0, "append_errors": 0, "acks_dropped_reconnect": 0,
                       "offline_alarms": 0}
         self.last_error: str | None = None
+        self._failing_since: float | None = None  # first failed connect of the current run of failures
+        self._reminded = 0.0
+        self._failures = 0
         self.acks = AckPipeline(self._send_acks, self._poke)
         self._client = self._make_client()
         self._worker = Worker("mqtt-ingest", self._run)
@@ -204,6 +210,7 @@ class MqttIngest:
             c.tls_set(ca_certs=self.cfg.tls_ca or None, cert_reqs=ssl.CERT_REQUIRED)
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         return c
@@ -214,12 +221,38 @@ class MqttIngest:
         p.ReceiveMaximum = self.cfg.receive_maximum
         return p
 
+    def _problem(self, level: str, event: str, en: str, zh: str) -> None:
+        """A connection problem: said at once, then reminded every REMIND_S while it lasts (paho
+        retries every few seconds: one line per retry would bury everything else)."""
+        now = time.monotonic()
+        self.last_error = en
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = self._reminded = now
+            self.oplog.write(level, event, f"{en}; retrying", f"{zh}，正在重试", broker=self.cfg.broker)
+        elif now - self._reminded >= REMIND_S:
+            self._reminded = now
+            minutes = (now - self._failing_since) / 60
+            self.oplog.write(level, event, f"{en}; still failing after {self._failures} attempts in "
+                             f"{minutes:.0f} min", f"{zh}，已重试 {self._failures} 次（{minutes:.0f} 分钟）",
+                             broker=self.cfg.broker, attempts=self._failures)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._problem("warning", "mqtt_unreachable", f"cannot reach MQTT broker {self.cfg.broker}",
+                      f"无法连接 MQTT 代理 {self.cfg.broker}")
+
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
-            self.last_error = f"broker refused the hub: {reason}"
-            self.oplog.write("error", "mqtt_refused", f"broker {self.cfg.broker} refused the hub: {reason}",
-                             f"MQTT 代理拒绝连接：{reason}")
+            self._problem("error", "mqtt_refused", f"broker {self.cfg.broker} refused the hub: {reason}",
+                          f"MQTT 代理拒绝连接：{reason}")
             return
+        if self._failing_since is not None:
+            down = time.monotonic() - self._failing_since
+            self.oplog.write("info", "mqtt_recovered", f"broker {self.cfg.broker} reached again after "
+                             f"{self._failures} failed attempts ({down:.0f}s)",
+                             f"已重新连接 MQTT 代理（失败 {self._failures} 次，{down:.0f} 秒）",
+                             attempts=self._failures, seconds=round(down, 1))
+            self._failing_since, self._failures, self.last_error = None, 0, None
         self._gen += 1
         self.connected = True
         self.stats["connects"] += 1
