@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # its InfluxDB client is imported only when the CLI asks for 
 
 STORE_FILE, CENTER_FILE = "store.db", "center.db"
 SHARE_GROUP = "center"
+#: bytes of a rejected payload kept for the operator (more than any link's default MTU)
+REJECTED_KEEP = 1024 * 1024
 
 CENTER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS hubs(
@@ -92,7 +94,7 @@ class HubRegistry:
     def reject(self, topic: str, reason: str, payload: bytes) -> None:
         with self._lock:
             self._db.execute("INSERT INTO rejected(ts, topic, reason, payload) VALUES (?, ?, ?, ?)",
-                             (time.time_ns(), topic, reason, payload[:65536]))
+                             (time.time_ns(), topic, reason, payload[:REJECTED_KEEP]))
 
     def hubs(self) -> list[dict[str, Any]]:
         out = []
@@ -154,18 +156,26 @@ class CenterWorker:
         self.connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Handle one batch, then always release it at the broker: a batch the broker kept
+        in flight for this worker would hold a slot of its window (20 by default) until a
+        restart, and a few such batches would stall the center for every hub. The hub's own
+        ack (sent only after the durable write) is what makes delivery certain; a batch not
+        stored is sent again by its hub after its ack timeout."""
+        payload = bytes(msg.payload)  # paho's payload is bytes; bytes() of bytes is itself
         try:
-            self.handle(msg.topic, bytes(msg.payload))  # paho's payload is bytes; bytes() of bytes is itself
+            self.handle(msg.topic, payload)
         except (StorageError, sqlite3.Error) as exc:
-            # not durable: no ack at all; the hub resends after its ack timeout
+            # not durable: no ack to the hub, which sends the batch again
             self.stats["write_errors"] += 1
             self.oplog.write("error", "center_write_failed", f"write failed: {exc}", f"写入失败：{exc}")
-            return
         except Exception as exc:  # noqa: BLE001 - paho's network thread must survive any one batch
             self.stats["write_errors"] += 1
             self.oplog.write("error", "center_batch_failed", f"{msg.topic}: {type(exc).__name__}: {exc}",
                              f"{msg.topic}：批次处理失败：{exc}")
-            return
+            try:
+                self.registry.reject(msg.topic, f"internal error: {type(exc).__name__}: {exc}", payload)
+            except sqlite3.Error:
+                pass  # the hub still holds the batch and sends it again
         client.ack(msg.mid, msg.qos)
 
     def handle(self, topic: str, payload: bytes) -> None:
