@@ -2,9 +2,11 @@
 
 Each worker subscribes to ``$share/center/fh/hub/+/uplink`` (MQTT 5), so several workers
 share the stream; a batch is written durably (the embedded store, ``store.db``, and
-InfluxDB when configured) and only then acknowledged to the hub on ``fh/hub/{hub}/ack``
-and to the broker. A worker that dies before its write simply never acks: the hub resends.
-Records are deduplicated by id; a Beidou short-message summary is replaced by the full
+InfluxDB when configured) and only then acknowledged to the hub on ``fh/hub/{hub}/ack``.
+A worker that dies before its write simply never acks: the hub resends. Every batch is
+released at the broker once handled, stored or not, so none can fill the worker's window; a
+batch that cannot be decoded is kept in ``rejected`` with its reason.
+Records are deduplicated by (hub, id); a Beidou short-message summary is replaced by the full
 record when that arrives later. The hub registry (``center.db``) keeps last contact,
 reported backlog and links per hub.
 """
@@ -52,15 +54,100 @@ CREATE TABLE IF NOT EXISTS rejected(
     rid INTEGER PRIMARY KEY, ts INTEGER, topic TEXT, reason TEXT, payload BLOB);
 """
 
+#: the center's points: keyed by (hub, id), since ids are only unique within one hub (two
+#: vehicles provisioned alike have the same device ids, hence the same record ids). Its first
+#: eight columns are the local store's, so ``LocalStore.query`` reads it unchanged.
+CENTER_POINTS = """
+CREATE TABLE IF NOT EXISTS points(
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    hub TEXT NOT NULL,
+    PRIMARY KEY (hub, id)
+) WITHOUT ROWID;
+"""
+
+#: a store written before ids were hub-scoped: the hub each record came from is in its tags
+_MIGRATE_V1 = """
+BEGIN IMMEDIATE;
+ALTER TABLE points RENAME TO points_v1;
+""" + CENTER_POINTS + """
+INSERT INTO points SELECT id, kind, device_id, ts, priority, source, fields, tags,
+    coalesce(json_extract(tags, '$.hub'), '') FROM points_v1;
+DROP TABLE points_v1;
+COMMIT;
+"""
+
+# as ``LocalStore.upsert``: a record replaces the stored one of its (hub, id) only when that
+# is a short-message summary (tags via=beidou) and the new one is not
+_CENTER_UPSERT = (
+    "INSERT INTO points(id, kind, device_id, ts, priority, source, fields, tags, hub) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hub, id) DO UPDATE SET "
+    "kind=excluded.kind, device_id=excluded.device_id, ts=excluded.ts, priority=excluded.priority, "
+    "source=excluded.source, fields=excluded.fields, tags=excluded.tags "
+    "WHERE json_extract(points.tags, '$.via') = 'beidou' AND json_extract(excluded.tags, '$.via') IS NOT 'beidou'")
+
+
 class CenterStore(LocalStore):
-    """The center's store: every record tagged with the hub it came from, a short-message
-    summary replaced by the full record when that arrives (``LocalStore.upsert``)."""
+    """The center's store: records keyed by (hub, id) and tagged with their hub, a
+    short-message summary replaced by the full record when that arrives. A record of one hub
+    never counts as a duplicate of, nor replaces, a record of another."""
 
     what = "center store"
 
+    def __init__(self, path: Path | str, **kw: Any) -> None:
+        path = Path(path)
+        if not kw.get("readonly"):
+            db = connect(path)
+            try:
+                cols = [row[1] for row in db.execute("PRAGMA table_info(points)")]
+                if not cols:
+                    db.executescript(CENTER_POINTS)
+                elif "hub" not in cols:
+                    db.executescript(_MIGRATE_V1)
+            except sqlite3.Error as exc:
+                raise StorageError(f"center store {path}: {exc}") from None
+            finally:
+                db.close()
+        super().__init__(path, **kw)
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Records without a hub have no place at the center."""
+        raise TypeError("the center store is written with write_counted(records, hub_id)")
+
     def write_counted(self, records: Sequence[Record], hub_id: str) -> tuple[int, int]:
-        """Durably write; returns (stored, duplicates): a duplicate id changes nothing."""
-        return self.upsert(records, {"hub": hub_id})
+        """Durably write under ``hub_id``; returns (stored, duplicates): a record whose
+        (hub, id) is already stored changes nothing (unless it replaces a short-message summary)."""
+        tag_json: dict[tuple, str] = {}  # records of one series share their tags
+        rows = []
+        for r in records:
+            key = tuple(r.tags.items())
+            tj = tag_json.get(key)
+            if tj is None:
+                tj = tag_json[key] = orjson.dumps({**r.tags, "hub": hub_id}).decode()
+            rows.append((r.id, r.kind, r.device_id, r.ts, int(r.priority), r.source,
+                         orjson.dumps(r.fields).decode(), tj, hub_id))
+        rows.sort()  # in key order within the hub: B-tree inserts stay local
+        db = self._db
+        with self._lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                before = db.total_changes
+                db.executemany(_CENTER_UPSERT, rows)
+                stored = db.total_changes - before  # new records, and summaries replaced by full ones
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise StorageError(f"{self.what} {self.path}: {exc}") from None
+        return stored, len(rows) - stored
 
 
 class HubRegistry:
