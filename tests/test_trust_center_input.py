@@ -29,7 +29,7 @@ from fieldhub.uplink.codec import MAGIC, VERSION, Batch, _uv, _zz, decode_batch,
 from fieldhub.uplink.config import LinkConfig, UplinkConfig
 from fieldhub.uplink.sender import Uplink
 from tests import uplink_hubproc as hubproc
-from tests.conftest import ROOT, fieldhub_cmd
+from tests.conftest import ROOT, fieldhub_cmd, run_cli
 from tests.mqtt_util import wait_for
 from tests.test_trust_center_acks import center_ids, client, publish
 
@@ -260,3 +260,31 @@ def test_center_fed_100_bad_batches_stores_every_genuine_one(tmp_path: Path, mos
         attacker.loop_stop()
         attacker.disconnect()
         stop_process(center, 15)
+
+
+# ----------------------------------------------------------------------------- finding 7, the center's side
+def test_center_refuses_short_message_ports_without_a_mac_key(tmp_path: Path) -> None:
+    for port_opt in ("--beidou", "--tiantong"):
+        proc = run_cli("center", "run", "--broker", "mqtt://127.0.0.1:1", "--data-dir", str(tmp_path / "c"),
+                       port_opt, "/dev/null", env={"FIELDHUB_UPLINK_MAC_KEY": ""})
+        assert proc.returncode == 2, proc.stderr
+        assert "--mac-key" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_center_data_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    from fieldhub.center.worker import CenterWorker
+
+    old = os.umask(0o022)
+    try:
+        w = CenterWorker("mqtt://127.0.0.1:1", tmp_path / "center")
+        w.store.write_counted([hubproc.record(1)], HUB)  # the WAL exists now
+    finally:
+        os.umask(old)
+    try:
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "center").iterdir()}
+        assert oct((tmp_path / "center").stat().st_mode & 0o777) == "0o750"
+        for name in ("store.db", "store.db-wal", "center.db"):
+            assert modes[name] == "0o640", modes
+    finally:
+        w.store.close()
+        w.registry.close()

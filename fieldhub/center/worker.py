@@ -93,6 +93,21 @@ _CENTER_UPSERT = (
     "WHERE json_extract(points.tags, '$.via') = 'beidou' AND json_extract(excluded.tags, '$.via') IS NOT 'beidou'")
 
 
+def private_files(data_dir: Path, names: Sequence[str]) -> None:
+    """The center's data is for the center's operators: the dir at most 0750, each database
+    (and its WAL and shared-memory files, which SQLite creates with the database's mode) at
+    most 0640, whatever the umask. Existing modes are only ever tightened."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    os.chmod(data_dir, data_dir.stat().st_mode & 0o7750)
+    for name in names:
+        path = data_dir / name
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o640))  # an empty file is an empty database
+        for f in (path, path.with_name(name + "-wal"), path.with_name(name + "-shm")):
+            if f.exists():
+                os.chmod(f, f.stat().st_mode & 0o640)
+
+
 class CenterStore(LocalStore):
     """The center's store: records keyed by (hub, id) and tagged with their hub, a
     short-message summary replaced by the full record when that arrives. A record of one hub
@@ -210,7 +225,7 @@ class CenterWorker:
                  beidou_port: str | None = None, tiantong_port: str | None = None, mac_key: bytes = b"",
                  tls: dict[str, str] | None = None,
                  oplog: OpLog | None = None) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_files(data_dir, (STORE_FILE, CENTER_FILE))
         self.data_dir = data_dir
         self.worker = worker or f"{socket.gethostname()}-{os.getpid()}"
         self.store = CenterStore(data_dir / STORE_FILE)

@@ -159,6 +159,10 @@ def center_run(broker: str, data_dir: str | None, worker: str | None, influx: st
         key = bytes.fromhex(mac_key)
     except ValueError:
         raise ConfigError("--mac-key is not hex", file="command line") from None
+    if (beidou_port or tiantong_port) and not key:
+        raise ConfigError("--beidou and --tiantong need --mac-key (hex, the key the hubs' uplink.mac_key holds): "
+                          "without it anyone could forge a hub's short messages / 北斗与天通短报文需要 --mac-key",
+                          file="command line")
     if password_file:
         if password:
             raise ConfigError("give --password or --password-file, not both", file="command line")
