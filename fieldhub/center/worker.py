@@ -2,9 +2,11 @@
 
 Each worker subscribes to ``$share/center/fh/hub/+/uplink`` (MQTT 5), so several workers
 share the stream; a batch is written durably (the embedded store, ``store.db``, and
-InfluxDB when configured) and only then acknowledged to the hub on ``fh/hub/{hub}/ack``
-and to the broker. A worker that dies before its write simply never acks: the hub resends.
-Records are deduplicated by id; a Beidou short-message summary is replaced by the full
+InfluxDB when configured) and only then acknowledged to the hub on ``fh/hub/{hub}/ack``.
+A worker that dies before its write simply never acks: the hub resends. Every batch is
+released at the broker once handled, stored or not, so none can fill the worker's window; a
+batch that cannot be decoded is kept in ``rejected`` with its reason.
+Records are deduplicated by (hub, id); a Beidou short-message summary is replaced by the full
 record when that arrives later. The hub registry (``center.db``) keeps last contact,
 reported backlog and links per hub.
 """
@@ -40,6 +42,8 @@ if TYPE_CHECKING:  # its InfluxDB client is imported only when the CLI asks for 
 
 STORE_FILE, CENTER_FILE = "store.db", "center.db"
 SHARE_GROUP = "center"
+#: bytes of a rejected payload kept for the operator (more than any link's default MTU)
+REJECTED_KEEP = 1024 * 1024
 
 CENTER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS hubs(
@@ -50,15 +54,115 @@ CREATE TABLE IF NOT EXISTS rejected(
     rid INTEGER PRIMARY KEY, ts INTEGER, topic TEXT, reason TEXT, payload BLOB);
 """
 
+#: the center's points: keyed by (hub, id), since ids are only unique within one hub (two
+#: vehicles provisioned alike have the same device ids, hence the same record ids). Its first
+#: eight columns are the local store's, so ``LocalStore.query`` reads it unchanged.
+CENTER_POINTS = """
+CREATE TABLE IF NOT EXISTS points(
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    hub TEXT NOT NULL,
+    PRIMARY KEY (hub, id)
+) WITHOUT ROWID;
+"""
+
+#: a store written before ids were hub-scoped: the hub each record came from is in its tags
+_MIGRATE_V1 = """
+BEGIN IMMEDIATE;
+ALTER TABLE points RENAME TO points_v1;
+""" + CENTER_POINTS + """
+INSERT INTO points SELECT id, kind, device_id, ts, priority, source, fields, tags,
+    coalesce(json_extract(tags, '$.hub'), '') FROM points_v1;
+DROP TABLE points_v1;
+COMMIT;
+"""
+
+# as ``LocalStore.upsert``: a record replaces the stored one of its (hub, id) only when that
+# is a short-message summary (tags via=beidou) and the new one is not
+_CENTER_UPSERT = (
+    "INSERT INTO points(id, kind, device_id, ts, priority, source, fields, tags, hub) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hub, id) DO UPDATE SET "
+    "kind=excluded.kind, device_id=excluded.device_id, ts=excluded.ts, priority=excluded.priority, "
+    "source=excluded.source, fields=excluded.fields, tags=excluded.tags "
+    "WHERE json_extract(points.tags, '$.via') = 'beidou' AND json_extract(excluded.tags, '$.via') IS NOT 'beidou'")
+
+
+def private_files(data_dir: Path, names: Sequence[str]) -> None:
+    """The center's data is for the center's operators: the dir at most 0750, each database
+    (and its WAL and shared-memory files, which SQLite creates with the database's mode) at
+    most 0640, whatever the umask. Existing modes are only ever tightened."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    os.chmod(data_dir, data_dir.stat().st_mode & 0o7750)
+    for name in names:
+        path = data_dir / name
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o640))  # an empty file is an empty database
+        for f in (path, path.with_name(name + "-wal"), path.with_name(name + "-shm")):
+            if f.exists():
+                os.chmod(f, f.stat().st_mode & 0o640)
+
+
 class CenterStore(LocalStore):
-    """The center's store: every record tagged with the hub it came from, a short-message
-    summary replaced by the full record when that arrives (``LocalStore.upsert``)."""
+    """The center's store: records keyed by (hub, id) and tagged with their hub, a
+    short-message summary replaced by the full record when that arrives. A record of one hub
+    never counts as a duplicate of, nor replaces, a record of another."""
 
     what = "center store"
 
+    def __init__(self, path: Path | str, **kw: Any) -> None:
+        path = Path(path)
+        if not kw.get("readonly"):
+            db = connect(path)
+            try:
+                cols = [row[1] for row in db.execute("PRAGMA table_info(points)")]
+                if not cols:
+                    db.executescript(CENTER_POINTS)
+                elif "hub" not in cols:
+                    db.executescript(_MIGRATE_V1)
+            except sqlite3.Error as exc:
+                raise StorageError(f"center store {path}: {exc}") from None
+            finally:
+                db.close()
+        super().__init__(path, **kw)
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Records without a hub have no place at the center."""
+        raise TypeError("the center store is written with write_counted(records, hub_id)")
+
     def write_counted(self, records: Sequence[Record], hub_id: str) -> tuple[int, int]:
-        """Durably write; returns (stored, duplicates): a duplicate id changes nothing."""
-        return self.upsert(records, {"hub": hub_id})
+        """Durably write under ``hub_id``; returns (stored, duplicates): a record whose
+        (hub, id) is already stored changes nothing (unless it replaces a short-message summary)."""
+        tag_json: dict[tuple, str] = {}  # records of one series share their tags
+        rows = []
+        for r in records:
+            key = tuple(r.tags.items())
+            tj = tag_json.get(key)
+            if tj is None:
+                tj = tag_json[key] = orjson.dumps({**r.tags, "hub": hub_id}).decode()
+            rows.append((r.id, r.kind, r.device_id, r.ts, int(r.priority), r.source,
+                         orjson.dumps(r.fields).decode(), tj, hub_id))
+        rows.sort()  # in key order within the hub: B-tree inserts stay local
+        db = self._db
+        with self._lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                before = db.total_changes
+                db.executemany(_CENTER_UPSERT, rows)
+                stored = db.total_changes - before  # new records, and summaries replaced by full ones
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise StorageError(f"{self.what} {self.path}: {exc}") from None
+        return stored, len(rows) - stored
 
 
 class HubRegistry:
@@ -92,7 +196,7 @@ class HubRegistry:
     def reject(self, topic: str, reason: str, payload: bytes) -> None:
         with self._lock:
             self._db.execute("INSERT INTO rejected(ts, topic, reason, payload) VALUES (?, ?, ?, ?)",
-                             (time.time_ns(), topic, reason, payload[:65536]))
+                             (time.time_ns(), topic, reason, payload[:REJECTED_KEEP]))
 
     def hubs(self) -> list[dict[str, Any]]:
         out = []
@@ -121,7 +225,7 @@ class CenterWorker:
                  beidou_port: str | None = None, tiantong_port: str | None = None, mac_key: bytes = b"",
                  tls: dict[str, str] | None = None,
                  oplog: OpLog | None = None) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_files(data_dir, (STORE_FILE, CENTER_FILE))
         self.data_dir = data_dir
         self.worker = worker or f"{socket.gethostname()}-{os.getpid()}"
         self.store = CenterStore(data_dir / STORE_FILE)
@@ -154,18 +258,26 @@ class CenterWorker:
         self.connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Handle one batch, then always release it at the broker: a batch the broker kept
+        in flight for this worker would hold a slot of its window (20 by default) until a
+        restart, and a few such batches would stall the center for every hub. The hub's own
+        ack (sent only after the durable write) is what makes delivery certain; a batch not
+        stored is sent again by its hub after its ack timeout."""
+        payload = bytes(msg.payload)  # paho's payload is bytes; bytes() of bytes is itself
         try:
-            self.handle(msg.topic, bytes(msg.payload))  # paho's payload is bytes; bytes() of bytes is itself
+            self.handle(msg.topic, payload)
         except (StorageError, sqlite3.Error) as exc:
-            # not durable: no ack at all; the hub resends after its ack timeout
+            # not durable: no ack to the hub, which sends the batch again
             self.stats["write_errors"] += 1
             self.oplog.write("error", "center_write_failed", f"write failed: {exc}", f"写入失败：{exc}")
-            return
         except Exception as exc:  # noqa: BLE001 - paho's network thread must survive any one batch
             self.stats["write_errors"] += 1
             self.oplog.write("error", "center_batch_failed", f"{msg.topic}: {type(exc).__name__}: {exc}",
                              f"{msg.topic}：批次处理失败：{exc}")
-            return
+            try:
+                self.registry.reject(msg.topic, f"internal error: {type(exc).__name__}: {exc}", payload)
+            except sqlite3.Error:
+                pass  # the hub still holds the batch and sends it again
         client.ack(msg.mid, msg.qos)
 
     def handle(self, topic: str, payload: bytes) -> None:

@@ -140,24 +140,42 @@ def center() -> None:
 @click.option("--ca-file", default="", help="TLS CA file (mqtts://).")
 @click.option("--cert-file", default="", help="TLS client certificate.")
 @click.option("--key-file", default="", help="TLS client key.")
+@click.option("--username", default="", envvar="FIELDHUB_CENTER_USERNAME",
+              help="The worker's account on the center broker (see `fieldhub provision center-broker`).")
+@click.option("--password", default="", envvar="FIELDHUB_CENTER_PASSWORD",
+              help="Its password (better: --password-file or FIELDHUB_CENTER_PASSWORD).")
+@click.option("--password-file", default="", help="A file whose first line is the password.")
 @example("fieldhub center run --broker mqtt://127.0.0.1:1883 --data-dir /var/lib/fieldhub-center\n"
-         "fieldhub center run --broker mqtt://127.0.0.1:1883 --data-dir /var/lib/fieldhub-center --worker w2")
+         "fieldhub center run --broker mqtt://127.0.0.1:1883 --data-dir /var/lib/fieldhub-center --worker w2 \\\n"
+         "    --username w2 --password-file /etc/fieldhub/center-w2.pass")
 def center_run(broker: str, data_dir: str | None, worker: str | None, influx: str | None, influx_db: str,
                beidou_port: str | None, tiantong_port: str | None, mac_key: str, ca_file: str, cert_file: str,
-               key_file: str) -> None:
+               key_file: str, username: str, password: str, password_file: str) -> None:
     """Run one ingest worker (start several: they share the stream via $share/center/...)."""
+    from fieldhub.center.broker import read_password_file
     from fieldhub.center.worker import CenterWorker
 
     try:
         key = bytes.fromhex(mac_key)
     except ValueError:
         raise ConfigError("--mac-key is not hex", file="command line") from None
+    if (beidou_port or tiantong_port) and not key:
+        raise ConfigError("--beidou and --tiantong need --mac-key (hex, the key the hubs' uplink.mac_key holds): "
+                          "without it anyone could forge a hub's short messages / 北斗与天通短报文需要 --mac-key",
+                          file="command line")
+    if password_file:
+        if password:
+            raise ConfigError("give --password or --password-file, not both", file="command line")
+        password = read_password_file(password_file)
+    if password and not username:
+        raise ConfigError("--password needs --username", file="command line")
     sink = None
     if influx:
         from fieldhub.center.influx import CenterInflux
 
         sink = CenterInflux(influx, influx_db)
-    tls = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
+    tls = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file, "username": username,
+           "password": password}
     w = CenterWorker(broker, _center_dir(data_dir), worker=worker, influx=sink, beidou_port=beidou_port,
                      tiantong_port=tiantong_port, mac_key=key, tls=tls)
     stop = threading.Event()
@@ -189,3 +207,39 @@ def center_hubs(data_dir: str | None, as_json: bool) -> None:
             h["short_messages"], h["backlog_total"], h["last_link"],
             " ".join(f"{k}:{v}" for k, v in h["links"].items())] for h in hubs],
           title=f"{len(hubs)} hubs")
+
+
+# ------------------------------------------------------------------ provision center-broker
+@click.command("center-broker")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for mosquitto.conf, passwd, acl, credentials.json.")
+@click.option("--hub", "hubs", multiple=True, required=True, help="A hub id (repeat for each vehicle).")
+@click.option("--worker", "workers", multiple=True, help="A center worker account (repeat; default: center).")
+@click.option("--listen", default="0.0.0.0:1883", show_default=True, metavar="HOST:PORT",
+              help="Where the broker listens.")
+@click.option("--run-as", default="mosquitto", show_default=True, help="System user Mosquitto drops to as root.")
+@click.option("--rotate", multiple=True, metavar="NAME", help="Give this account a new password (repeat).")
+@json_option
+@example("fieldhub provision center-broker --out /etc/mosquitto/center --hub vehicle-01 --hub vehicle-02 "
+         "--worker w1 --worker w2\nmosquitto -c /etc/mosquitto/center/mosquitto.conf")
+def provision_center_broker(out_dir: str, hubs: tuple[str, ...], workers: tuple[str, ...], listen: str, run_as: str,
+                            rotate: tuple[str, ...], as_json: bool) -> None:
+    """The center's broker: one account per hub and per worker, and an ACL where hub H may publish
+    only fh/hub/H/uplink and read only fh/hub/H/ack and fh/hub/H/cmd (中心代理：每车一账号，主题隔离).
+
+    Passwords go to credentials.json (mode 0600); re-running keeps them unless --rotate names one.
+    """
+    from fieldhub.center.broker import CenterBrokerOptions, write_center_broker
+
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"--listen {listen!r}", file="command line", expected="HOST:PORT, e.g. 0.0.0.0:1883")
+    out = write_center_broker(out_dir, CenterBrokerOptions(
+        hubs=list(hubs), workers=list(workers) or ["center"], port=int(port), listen_host=host or "0.0.0.0",
+        run_as=run_as, rotate=list(rotate)))
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"center broker for {len(out['hubs'])} hubs, {len(out['workers'])} workers: mosquitto -c {out['conf']}")
+    new = ", ".join(out["new_passwords"]) or "none"
+    click.echo(f"passwords in {out['credentials']} (0600); new: {new} / 账号密码已写入 {out['credentials']}")

@@ -332,8 +332,23 @@ def encode_batch(batch: Batch, *, level: int = 9, compressor: zstandard.ZstdComp
 
 
 # ----------------------------------------------------------------------------- decode
+#: what a damaged or hostile batch can make Python raise while it is decoded; all of it is a ProtocolError
+_DECODE_ERRORS = (ValueError, UnicodeDecodeError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
+                  RecursionError, struct.error, orjson.JSONDecodeError)
+_I64 = (-(1 << 63), (1 << 63) - 1)
+
+
 def decode_header(data: bytes) -> tuple[Batch, int]:
-    """The batch frame without the records, and where the body starts."""
+    """The batch frame without the records, and where the body starts; ProtocolError when damaged."""
+    try:
+        return _decode_header(data)
+    except ProtocolError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise ProtocolError(f"bad batch header: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_header(data: bytes) -> tuple[Batch, int]:
     if len(data) < 5 or data[:3] != MAGIC:
         raise ProtocolError("not an uplink batch (bad magic)")
     if data[3] != VERSION:
@@ -349,6 +364,11 @@ def decode_header(data: bytes) -> tuple[Batch, int]:
         ranges[prio] = (rd.uv(), rd.uv())
     mlen = rd.uv()
     meta = orjson.loads(rd.take(mlen)) if mlen else {}
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"batch meta is a {type(meta).__name__}, not an object")
+    for prio, (after, hi) in ranges.items():
+        if prio >= len(Priority) or not 0 <= after <= hi <= _I64[1]:
+            raise ProtocolError(f"bad range {after}..{hi} for class {prio}")
     count = rd.uv()
     b = Batch(hub, batch_id, sent, ranges, [], meta)
     b.meta.setdefault("_count", count)
@@ -356,7 +376,10 @@ def decode_header(data: bytes) -> tuple[Batch, int]:
 
 
 def decode_batch(data: bytes, *, max_body: int = 64 * 1024 * 1024) -> Batch:
-    """Parse a framed batch back into records (exact round trip of ``encode_batch``)."""
+    """Parse a framed batch back into records (exact round trip of ``encode_batch``).
+
+    Whatever the bytes, the only error is ``ProtocolError``, and what decodes can be stored:
+    integers and timestamps fit 64 bits, floats are numbers, strings are valid text."""
     batch, at = decode_header(data)
     count = batch.meta.pop("_count")
     flags = data[4]
@@ -366,7 +389,12 @@ def decode_batch(data: bytes, *, max_body: int = 64 * 1024 * 1024) -> Batch:
             body = zstandard.ZstdDecompressor().decompress(body, max_output_size=max_body)
         except zstandard.ZstdError as exc:
             raise ProtocolError(f"batch body does not decompress: {exc}") from None
-    batch.records = decode_body(body)
+    try:
+        batch.records = decode_body(body)
+    except ProtocolError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise ProtocolError(f"bad batch body: {type(exc).__name__}: {exc}") from None
     if len(batch.records) != count:
         raise ProtocolError(f"batch says {count} records, body holds {len(batch.records)}")
     return batch
@@ -374,7 +402,7 @@ def decode_batch(data: bytes, *, max_body: int = 64 * 1024 * 1024) -> Batch:
 
 def decode_body(body: bytes) -> list[Record]:
     rd = _Reader(body)
-    strings = [rd.take(rd.uv()).decode("utf-8", "surrogatepass") for _ in range(rd.uv())]
+    strings = [rd.take(rd.uv()).decode("utf-8") for _ in range(rd.uv())]
 
     def s() -> str:
         i = rd.uv()
@@ -418,8 +446,12 @@ def decode_body(body: bytes) -> list[Record]:
                 vals = [k / m for k in accumulate(rd.svs(n))]
             elif t == T_INT:
                 vals = list(accumulate(rd.svs(n)))
+                if vals and not (_I64[0] <= min(vals) and max(vals) <= _I64[1]):
+                    raise ProtocolError(f"integer column {name!r} beyond 64 bits", offset=rd.i)
             elif t == T_FLOAT:
                 vals = [_D.unpack(rd.take(8))[0] for _i in range(n)]
+                if any(v != v for v in vals):
+                    raise ProtocolError(f"NaN in column {name!r}", offset=rd.i)
             elif t == T_BOOL:
                 vals = [bool(rd.byte()) for _i in range(n)]
             elif t == T_STR:
@@ -427,6 +459,10 @@ def decode_body(body: bytes) -> list[Record]:
             else:
                 raise ProtocolError(f"unknown column type {t}", offset=rd.i)
             columns.append((name, vals))
+        if ts and not (_I64[0] <= min(ts) and max(ts) <= _I64[1]):
+            raise ProtocolError("timestamp out of range", offset=rd.i)
+        if not kind or not dev:
+            raise ProtocolError("series without kind or device", offset=rd.i)
         names = [c[0] for c in columns]
         rows = zip(*(c[1] for c in columns)) if columns else ((),) * n
         for t_, row, rid in zip(ts, rows, ids):

@@ -24,7 +24,7 @@ Bearer = MqttBearer | BeidouBearer | TiantongSmsBearer
 
 
 class LinkManager:
-    def __init__(self, cfg: UplinkConfig, hub_id: str, on_ack: Callable[[bytes], None],
+    def __init__(self, cfg: UplinkConfig, hub_id: str, on_ack: Callable[[str, bytes], None],
                  oplog: OpLog | None = None) -> None:
         self.cfg = cfg
         self.oplog = oplog or OpLog(None)

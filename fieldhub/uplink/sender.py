@@ -5,8 +5,12 @@ IP link the link manager picks for some class (plus an urgent lane for alarms an
 each windowed by link time. The runner reads through the ``uplink`` cursor past batches still
 in flight and moves the cursor only when the center acknowledges a batch on
 ``fh/hub/{hub}/ack`` (sent after the center's durable write), per class, as a contiguous
-prefix: acknowledged ranges chain from the committed position. A batch not acknowledged in
-time, or whose link drops, is read and sent again (the center deduplicates by record id).
+prefix: acknowledged ranges chain from the committed position. An ack binds to what was sent:
+it is applied only for a batch this run sent on the link the ack arrived on, and only when it
+names exactly the ranges that batch carried; anything else (a forged or stray ack) is counted,
+warned about in the operator log and ignored, so it can neither move the cursor nor let the
+log compact records the center never stored. A batch not acknowledged in time, or whose link
+drops, is read and sent again (the center deduplicates by record id).
 ``Uplink`` is the component: that runner, plus alarms and latest positions as Beidou /
 Tiantong short messages when such a link is the best one left for them.
 """
@@ -26,7 +30,7 @@ import zstandard
 
 from fieldhub.core.backoff import Backoff
 from fieldhub.core.component import Command, HubContext
-from fieldhub.core.consumer import Batch, ConsumerRunner, Done, Lane, Output, ranges_of
+from fieldhub.core.consumer import Batch, ConsumerRunner, Done, Lane, Output, Ranges, ranges_of
 from fieldhub.core.errors import TransportError, ValidationError
 from fieldhub.core.log import Cursor, DurableLog
 from fieldhub.core.oplog import OpLog
@@ -46,6 +50,18 @@ CONSUMER = "uplink"
 URGENT = (Priority.ALARM, Priority.COMMAND)
 #: bearers that carry one record summary per message (not batches)
 SHORT = (BeidouBearer, TiantongSmsBearer)
+#: batches remembered (link, ranges) until their ack comes; far more than ever fly at once
+SENT_MEMORY = 8192
+#: seconds between two operator-log lines about ignored acks (the first is written at once)
+ACK_WARN_EVERY = 60.0
+
+
+class _Unbound(Exception):
+    """An ack that matches nothing this run sent (why, in English and Chinese)."""
+
+    def __init__(self, en: str, zh: str, *, quiet: bool = False) -> None:
+        super().__init__(en)
+        self.en, self.zh, self.quiet = en, zh, quiet
 
 
 def build(ctx: HubContext, cfg: UplinkConfig) -> Uplink | None:
@@ -64,7 +80,13 @@ class UplinkOutput(Output):
     def __init__(self, cfg: UplinkConfig, hub_id: str, oplog: OpLog) -> None:
         self.cfg, self.hub_id, self.oplog = cfg, hub_id, oplog
         self.batch = cfg.batch_records
-        self._acks: queue.Queue[bytes] = queue.Queue(maxsize=10_000)
+        self._acks: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=10_000)
+        #: batch id (this run's) -> (link, ranges) of every batch sent and not yet acknowledged
+        self._sent: OrderedDict[int, tuple[str, Ranges]] = OrderedDict()
+        #: batch ids recently acknowledged (a second ack of one is a broker redelivery, not an attack)
+        self._acked: OrderedDict[int, None] = OrderedDict()
+        self._ack_warned_at = -ACK_WARN_EVERY
+        self._ack_unwarned = 0
         #: wakes the runner's loop (set by ``Uplink``)
         self.wake: Callable[[], None] = lambda: None
         self.manager = LinkManager(cfg, hub_id, self._on_ack, oplog)
@@ -75,7 +97,8 @@ class UplinkOutput(Output):
         self._meta: dict[str, Any] = {}
         self._meta_at = 0.0
         self.stats: dict[str, Any] = {"batches_sent": 0, "records_sent": 0, "bytes_sent": 0,
-                                      "acks_ignored": 0, "short_messages": 0, "short_message_errors": 0,
+                                      "acks_ignored": 0, "acks_duplicate": 0, "acks_other_link": 0,
+                                      "short_messages": 0, "short_message_errors": 0,
                                       "last_ack_ns": None, "send_errors": 0}
 
     def start(self) -> None:
@@ -160,6 +183,9 @@ class UplinkOutput(Output):
             old = self._bpr.get(link.name, len(payload) / len(entries))
             self._bpr[link.name] = 0.7 * old + 0.3 * len(payload) / len(entries)
         batch.ranges, batch.count, batch.size, batch.payload = ranges, len(entries), len(payload), None
+        self._sent[batch.id] = (link.name, dict(ranges))
+        while len(self._sent) > SENT_MEMORY:
+            self._sent.popitem(last=False)
         self.stats["batches_sent"] += 1
         self.stats["records_sent"] += len(entries)
         self.stats["bytes_sent"] += len(payload)
@@ -171,32 +197,82 @@ class UplinkOutput(Output):
         return link is None or not link.up() or now - batch.sent_at >= float(self.cfg.ack_timeout)
 
     # ------------------------------------------------------------------ acks
-    def _on_ack(self, payload: bytes) -> None:
+    def _on_ack(self, link: str, payload: bytes) -> None:
         """paho thread: hand over to the runner's thread (bounded; a dropped ack means a resend)."""
         try:
-            self._acks.put_nowait(payload)
+            self._acks.put_nowait((link, payload))
         except queue.Full:
             self.stats["acks_ignored"] += 1
         self.wake()
+
+    def _bind_ack(self, link: str, raw: bytes) -> tuple[int, Ranges]:
+        """The (batch id, ranges) an ack on ``link`` accepts (batch id -1: a repeat of an ack
+        already taken); ``_Unbound`` with the reason (English, Chinese) when it accepts nothing."""
+        try:
+            ack = orjson.loads(raw)
+            hub, bid = ack["hub"], int(ack["batch"])
+            ranges = {int(p): (int(r[0]), int(r[1])) for p, r in ack["ranges"].items()}
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError):
+            raise _Unbound("malformed ack", "确认格式错误") from None
+        if hub != self.hub_id:
+            raise _Unbound(f"ack names hub {str(hub)[:64]!r}", f"确认指向其他指挥车 {str(hub)[:64]!r}")
+        if bid >> 32 != self._boot:
+            raise _Unbound(f"batch {bid} was not sent by this run", f"批次 {bid} 不是本次运行发送的")
+        local = bid & 0xFFFF_FFFF
+        sent = self._sent.get(local)
+        if sent is None:
+            if local in self._acked:
+                return -1, {}
+            raise _Unbound(f"batch {local} is not in flight", f"批次 {local} 不在途中")
+        dest, carried = sent
+        if dest != link:
+            # two links to one center broker both hear every ack: the copy on the link the batch
+            # went out on is the one taken; this one is counted, but it is no sign of an attack
+            raise _Unbound(f"batch {local} was sent on {dest}, not {link}", f"批次 {local} 经 {dest} 发送，而非 {link}",
+                           quiet=True)
+        if ranges != carried:
+            raise _Unbound(f"ranges {ranges} are not the ones batch {local} carried {carried}",
+                           f"范围 {ranges} 与批次 {local} 所载 {carried} 不符")
+        del self._sent[local]
+        self._acked[local] = None
+        while len(self._acked) > SENT_MEMORY:
+            self._acked.popitem(last=False)
+        return local, carried
+
+    def _ignore_ack(self, link: str, en: str, zh: str) -> None:
+        """Count an ack that accepts nothing; say so in the operator log (at most once a minute)."""
+        self.stats["acks_ignored"] += 1
+        self._ack_unwarned += 1
+        now = time.monotonic()
+        if now - self._ack_warned_at < ACK_WARN_EVERY:
+            return
+        n, self._ack_unwarned, self._ack_warned_at = self._ack_unwarned, 0, now
+        self.oplog.write("warning", "uplink_ack_ignored",
+                         f"uplink: ignored {n} acknowledgement(s) on link {link} that match nothing sent "
+                         f"(forged or stray), e.g. {en}; {self.stats['acks_ignored']} ignored in all",
+                         f"上行：链路 {link} 上有 {n} 条确认与已发送的批次不符（伪造或错发），已忽略，例如：{zh}；"
+                         f"累计忽略 {self.stats['acks_ignored']} 条", link=link, ignored=self.stats["acks_ignored"])
 
     def _drain_acks(self, runner: ConsumerRunner) -> None:
         moved = False
         while True:
             try:
-                raw = self._acks.get_nowait()
+                link, raw = self._acks.get_nowait()
             except queue.Empty:
                 break
             try:
-                ack = orjson.loads(raw)
-                bid = int(ack["batch"])
-                ranges = {int(p): (int(r[0]), int(r[1])) for p, r in ack["ranges"].items()}
-                if ack.get("hub") != self.hub_id:
-                    raise ValueError("ack for another hub")
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
-                self.stats["acks_ignored"] += 1
+                bid, ranges = self._bind_ack(link, raw)
+            except _Unbound as why:
+                if why.quiet:
+                    self.stats["acks_other_link"] += 1
+                else:
+                    self._ignore_ack(link, why.en, why.zh)
                 continue
-            # an ack for a batch of an earlier run (or one given up on) still moves the cursor
-            runner.accept(bid & 0xFFFF_FFFF if bid >> 32 == self._boot else -1, ranges, commit=False)
+            if bid < 0:  # a second ack of a batch already accepted (broker redelivery)
+                self.stats["acks_duplicate"] += 1
+                continue
+            # a batch that timed out is being sent again, but what it carried is stored all the same
+            runner.accept(bid if bid in runner.inflight else -1, ranges, commit=False)
             self.stats["last_ack_ns"] = now_ns()
             moved = True
         if moved:

@@ -12,7 +12,8 @@ from typing import Any, Protocol
 
 from fieldhub.uplink.config import LinkConfig
 
-AckHandler = Callable[[bytes], None]
+#: ``on_ack(link_name, payload)``: an acknowledgement arrived on that link
+AckHandler = Callable[[str, bytes], None]
 PROBE_WINDOW = 20
 
 

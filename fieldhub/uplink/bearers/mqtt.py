@@ -94,7 +94,7 @@ class MqttBearer:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self.ack_topic:
-            self.on_ack(bytes(msg.payload))  # paho's payload is bytes; bytes() of bytes is itself
+            self.on_ack(self.name, bytes(msg.payload))  # paho's payload is bytes; bytes() of bytes is itself
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None) -> None:
         with self._lock:
