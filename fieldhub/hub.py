@@ -184,8 +184,10 @@ class Hub:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def run(self, stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None) -> None:
-        """Run in the foreground until SIGINT/SIGTERM (or ``stop`` is set)."""
+    def run(self, stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None,
+            on_started: Callable[[], None] | None = None) -> None:
+        """Run in the foreground until SIGINT/SIGTERM (or ``stop`` is set); ``on_started`` is
+        called once every component has started (a start that fails raises ``StartError``)."""
         stop = stop or threading.Event()
         previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -194,6 +196,8 @@ class Hub:
         try:
             self.start()
             try:
+                if on_started is not None:
+                    on_started()
                 while not stop.wait(1.0):
                     if on_tick is not None:
                         on_tick()

@@ -12,6 +12,7 @@ from fieldhub import __version__
 from fieldhub.cli.common import emit_json, emit_json_lines, example, hub_options, json_option, local_time
 from fieldhub.core import config as configmod
 from fieldhub.core.errors import FieldhubError, HubNotRunning
+from fieldhub.core.oplog import OpLog
 
 
 @click.command("init")
@@ -49,11 +50,19 @@ def run(cfg: configmod.Config) -> None:
         click.echo(f"fieldhub: warning: no device source is configured ({where}; no [mqtt] broker, [serial] "
                    f"ports or [mavlink] endpoints): this hub will receive nothing; `fieldhub init` writes a "
                    f"documented sample / 未配置任何设备来源，hub 将收不到数据", err=True)
-    hub.oplog.echo = _console_line  # warnings and errors reach the operator's console as they happen
     click.echo(f"fieldhub {__version__}: hub {cfg.hub.id} running, data dir {hub.data_dir}; "
                f"components: {', '.join(c.name for c in hub.components)}. Ctrl-C to stop.", err=True)
-    hub.run()
+    hub.run(on_started=lambda: _echo_from_now(hub.oplog))
     click.echo("stopped cleanly / 已正常停止", err=True)
+
+
+def _echo_from_now(oplog: OpLog) -> None:
+    """Once the hub runs, its warnings and errors reach the console as they happen (those of the
+    start itself first). A start that fails is told by its one error line alone."""
+    for entry in list(oplog.recent):
+        if entry["level"] != "info":
+            _console_line(entry)
+    oplog.echo = _console_line
 
 
 def _console_line(entry: dict[str, Any]) -> None:
