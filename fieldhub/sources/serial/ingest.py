@@ -72,6 +72,7 @@ class Port:
                                          stopbits=int(ser.get("stopbits", 1)),
                                          backoff_initial=float(settings.backoff_initial),
                                          backoff_max=float(settings.backoff_max), on_state=self._on_state)
+        self.transport_is_datagram = cfg.url.startswith("udp://")
         self.session: Session = SESSIONS[cfg.driver](self, profile)
         if cfg.poll_interval:
             self.session.poll_interval = float(cfg.poll_interval)
@@ -153,6 +154,8 @@ class Port:
     # -- the data path (reader thread)
     def on_data(self, data: bytes) -> None:
         frames = self.framer.feed(data)
+        if self.transport_is_datagram:  # a datagram is whole: nothing in it waits for the next one
+            frames += self.framer.flush()
         if not frames:
             return
         out: list[Record] = []
