@@ -17,6 +17,7 @@ goes through its public view (``DurableLog.view()``, ``fieldhub.core.logview``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -60,13 +61,36 @@ CREATE TABLE IF NOT EXISTS quarantine(
     reason TEXT NOT NULL,
     payload BLOB,
     meta TEXT,
-    state TEXT NOT NULL DEFAULT 'held'
+    state TEXT NOT NULL DEFAULT 'held',
+    qkey TEXT  -- the item's identity (see DurableLog.quarantine): stored once however often it comes
 );
 CREATE INDEX IF NOT EXISTS quarantine_state ON quarantine(state, qid);
 """
+#: run after SCHEMA: files made before quarantine had an identity get the column, then the index
+_MIGRATE_QKEY = "ALTER TABLE quarantine ADD COLUMN qkey TEXT"
+_QKEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS quarantine_key ON quarantine(qkey)"
 
 Callback = Callable[["AppendResult | None", "BaseException | None"], None]
 QuarantineCallback = Callable[["int | None", "BaseException | None"], None]
+
+
+class QuarantineId(int):
+    """The qid of a quarantined item; ``repeat`` is True when an item with the same identity was
+    already held (nothing new was stored)."""
+
+    repeat: bool = False
+
+    @classmethod
+    def of(cls, qid: int, repeat: bool) -> QuarantineId:
+        q = cls(qid)
+        q.repeat = repeat
+        return q
+
+
+def quarantine_key(source: str, key: bytes | str) -> str:
+    """The stored identity of a quarantined item: a hash of its source and its caller's key."""
+    raw = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
+    return hashlib.blake2b(source.encode() + b"\x1f" + raw, digest_size=16).hexdigest()
 #: what the writer calls back with; the result's type depends on the op's kind
 _OpCallback = Callable[[Any, "BaseException | None"], None]
 
@@ -143,6 +167,10 @@ class DurableLog:
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(quarantine)")}
+        if "qkey" not in cols:
+            self._db.execute(_MIGRATE_QKEY)
+        self._db.execute(_QKEY_INDEX)
         self._last_seq = self._high_water()
         self._counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
 
@@ -178,6 +206,13 @@ class DurableLog:
                          f"日志文件损坏（{exc}），已移至 {aside.name}，抢救 {salvaged} 条记录",
                          salvaged=salvaged)
 
+    @staticmethod
+    def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+        try:
+            return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        except sqlite3.DatabaseError:
+            return set()
+
     def _salvage(self, aside: Path) -> int:
         try:
             old = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
@@ -188,7 +223,8 @@ class DurableLog:
             for table, cols in (("log", "seq, id, prio, body"),
                                 ("cursors", "consumer, prio, seq"),
                                 ("counters", "name, value"),
-                                ("quarantine", "qid, ts, source, device_id, reason, payload, meta, state")):
+                                ("quarantine", "qid, ts, source, device_id, reason, payload, meta, state"
+                                 + (", qkey" if "qkey" in self._columns(old, "quarantine") else ""))):
                 marks = ",".join("?" * len(cols.split(",")))
                 try:
                     rows = old.execute(f"SELECT {cols} FROM {table}")
@@ -225,12 +261,19 @@ class DurableLog:
 
     def quarantine(self, source: str, reason: str, payload: bytes | str | None, *,
                    device_id: str | None = None, meta: dict | None = None,
-                   callback: QuarantineCallback | None = None) -> int | None:
-        """Put something that could not be admitted into the dead-letter area, durably."""
+                   callback: QuarantineCallback | None = None, key: bytes | str | None = None) -> int | None:
+        """Put something that could not be admitted into the dead-letter area, durably.
+
+        ``key`` is the item's identity (MQTT: topic and payload): an item whose identity is
+        already held is not stored again (a retained or redelivered message arrives at every
+        restart), the result is the held item's qid with ``repeat`` set, and the
+        ``quarantine_repeats`` counter counts it. Without a key every call stores a new item.
+        """
         if isinstance(payload, str):
             payload = payload.encode("utf-8", "surrogateescape")
         row = (now_ns(), source, device_id, reason, payload,
-               orjson.dumps(meta).decode() if meta else None)
+               orjson.dumps(meta).decode() if meta else None,
+               quarantine_key(source, key) if key is not None else None)
         return self._submit("quarantine", row, callback, None)
 
     def set_quarantine_state(self, qids: Iterable[int], state: str) -> int:
@@ -437,10 +480,15 @@ class DurableLog:
             db.execute("DELETE FROM cursors WHERE consumer=?", (op.payload,))
             return None
         if op.kind == "quarantine":
-            cur = db.execute("INSERT INTO quarantine(ts, source, device_id, reason, payload, meta) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", cast("tuple[object, ...]", op.payload))
+            row = cast("tuple[object, ...]", op.payload)
+            cur = db.execute("INSERT INTO quarantine(ts, source, device_id, reason, payload, meta, qkey) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(qkey) DO NOTHING", row)
+            if cur.rowcount == 0:  # the same identity is already held
+                self._count_in_tx("quarantine_repeats", 1)
+                held = db.execute("SELECT qid FROM quarantine WHERE qkey=?", (row[6],)).fetchone()
+                return QuarantineId.of(held[0], True)
             self._count_in_tx("quarantined", 1)
-            return cur.lastrowid
+            return QuarantineId.of(cur.lastrowid or 0, False)
         if op.kind == "qstate":
             qids, state = cast("tuple[list[int], str]", op.payload)
             before = db.total_changes
