@@ -171,6 +171,12 @@ class DurableLog:
         if "qkey" not in cols:
             self._db.execute(_MIGRATE_QKEY)
         self._db.execute(_QKEY_INDEX)
+        if self.disk_cap:
+            # the WAL is disk too: checkpoint it (and truncate it back) long before it could
+            # outgrow the cap; SQLite's defaults let it reach ~4 MB and never shrink
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+            self._db.execute(f"PRAGMA journal_size_limit={self._wal_allowance()}")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={max(16, min(1000, self._wal_allowance() // page))}")
         self._last_seq = self._high_water()
         self._counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
 
@@ -508,50 +514,83 @@ class DurableLog:
         self._counters[name] = self._counters.get(name, 0) + by
 
     # ---------------------------------------------------------------- maintenance
+    def _wal_allowance(self) -> int:
+        """What the WAL may grow to between checkpoints: a sixteenth of the cap, at most 64 MiB."""
+        return min((self.disk_cap or 0) // 16, 64 << 20)
+
+    def wal_bytes(self) -> int:
+        """The WAL file's size on disk."""
+        try:
+            return os.path.getsize(str(self.path) + "-wal")
+        except OSError:
+            return 0
+
     def used_bytes(self, db: sqlite3.Connection | None = None) -> int:
-        """Bytes the log's live pages take (what the disk cap is measured against)."""
+        """Bytes the log's live pages take. The disk cap holds these plus the WAL: live pages
+        may use the cap less the larger of 3 × the WAL's allowance and its size now."""
         db = db or self._reader()
         page = db.execute("PRAGMA page_size").fetchone()[0]
         count = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         return (count - free) * page
 
+    def _fold_wal(self) -> int:
+        """The WAL's size, after truncating it if it has outgrown its allowance: readers reading
+        all the while keep SQLite from resetting it, and it would grow without end."""
+        wal = self.wal_bytes()
+        if wal > self._wal_allowance():
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # waits for current readers
+            except sqlite3.OperationalError:
+                pass  # still busy: counted at its real size
+            wal = self.wal_bytes()
+        return wal
+
     def _enforce_cap(self, group: list[_Op]) -> None:
         """Before committing appends over the cap: evict, or refuse if nothing may go."""
         assert self.disk_cap
         incoming = sum(op.size * 300 for op in group if op.kind == "append")
         used = self.used_bytes(self._db)
-        if used + incoming <= self.disk_cap:
+        wal = self._fold_wal()
+        # the WAL holds up to its allowance plus the frames of one eviction and one append
+        cap = self.disk_cap - max(wal, 3 * self._wal_allowance())
+        if used + incoming <= cap:
             return
-        target = int(self.disk_cap * 0.9) - incoming
-        self._db.execute("BEGIN IMMEDIATE")
+        target = int(cap * 0.9) - incoming
         evicted: dict[str, int] = {}
-        try:
-            for prio in sorted((p for p in Priority if p not in PROTECTED), reverse=True):
-                while used > target:
-                    rows = self._db.execute(
-                        "SELECT seq FROM log WHERE prio=? ORDER BY seq LIMIT 2000", (int(prio),)).fetchall()
-                    if not rows:
-                        break
-                    self._db.execute("DELETE FROM log WHERE prio=? AND seq<=?", (int(prio), rows[-1][0]))
-                    evicted[prio.label] = evicted.get(prio.label, 0) + len(rows)
-                    used = self.used_bytes(self._db)
-                if used <= target:
+        # Evict in small transactions, each counted, and keep the WAL folded between them: every
+        # page a delete touches (the random-id index: nearly all of it) passes through the WAL,
+        # which the cap holds too. A step is about what must go (~300 bytes a record).
+        step_max = max(50, min(2000, self._wal_allowance() // 2 // 300))
+        for prio in sorted((p for p in Priority if p not in PROTECTED), reverse=True):
+            while used > target:
+                step = min(step_max, max(50, (used - target) // 300))
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = self._db.execute("SELECT seq FROM log WHERE prio=? ORDER BY seq LIMIT ?",
+                                            (int(prio), step)).fetchall()
+                    if rows:
+                        self._db.execute("DELETE FROM log WHERE prio=? AND seq<=?", (int(prio), rows[-1][0]))
+                        self._count_in_tx("evicted", len(rows))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                if not rows:
                     break
-            total = sum(evicted.values())
-            if total:
-                self._count_in_tx("evicted", total)
-                alarm = Record.make("hub_alarm", self.hub_id, now_ns(),
-                                    {"event": "log_eviction", "evicted": total,
-                                     "message": f"disk cap reached: evicted {total} records"},
-                                    priority=Priority.ALARM, source="hub",
-                                    key=f"evict-{now_ns()}")
-                self._db.execute("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)",
-                                 (alarm.id, int(alarm.priority), body.encode(alarm)))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+                evicted[prio.label] = evicted.get(prio.label, 0) + len(rows)
+                self._fold_wal()
+                used = self.used_bytes(self._db)
+            if used <= target:
+                break
+        total = sum(evicted.values())
+        if total:
+            alarm = Record.make("hub_alarm", self.hub_id, now_ns(),
+                                {"event": "log_eviction", "evicted": total,
+                                 "message": f"disk cap reached: evicted {total} records"},
+                                priority=Priority.ALARM, source="hub", key=f"evict-{now_ns()}")
+            self._db.execute("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)",
+                             (alarm.id, int(alarm.priority), body.encode(alarm)))
         if evicted:
             total = sum(evicted.values())
             self.stats["evicted"] += total
@@ -561,7 +600,7 @@ class DurableLog:
                              f"low-priority records ({detail})",
                              f"达到磁盘上限 {self.disk_cap} 字节：已淘汰 {total} 条最旧的低优先级记录（{detail}）",
                              evicted=evicted)
-        if used + incoming > self.disk_cap:
+        if used + incoming > cap:
             self.stats["disk_full"] += 1
             self.oplog.write("error", "disk_cap_full",
                              f"disk cap {self.disk_cap} bytes reached and only alarm/command "
