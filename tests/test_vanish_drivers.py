@@ -131,6 +131,26 @@ def test_every_framer_flushes_what_it_holds(make: Callable, data: bytes, good: i
     assert framer.buffered == 0 and framer.flush() == []
 
 
+def test_serial_port_flushes_when_the_device_goes_away(pty_pair: tuple[int, str], tmp_path: Path) -> None:
+    """A receiver unplugged right after a sentence, before its line end: the sentence is kept."""
+    master, path = pty_pair
+    log = DurableLog(tmp_path / "log.db")
+    port = open_port(SerialPortConfig("gnss-1", "nmea", path), log=log)
+    port.start()
+    try:
+        wait_for(lambda: port.transport.connected.is_set(), what="pty open")
+        os.write(master, nmea.sentence("GPGGA,120000.00,3036.0000,N,11418.0000,E,1,08,0.9,35.2,M,-12.1,M,,")
+                 + nmea.sentence("GPRMC,120001.00,A,3036.0000,N,11418.0000,E,0.1,45.0,021226,,,A")[:-2])
+        wait_for(lambda: port.status()["frames"] == 1 and port.framer.buffered > 0, what="first sentence")
+        os.close(master)  # unplugged
+        wait_for(lambda: port.status()["frames"] == 2, what="the last sentence")  # before: stayed at 1
+    finally:
+        port.stop()
+    kinds = [e.record.kind for e in log.cursor("t").read(100)]
+    log.close()
+    assert kinds.count("position") == 1 and kinds.count("gnss_rmc") == 1
+
+
 def test_mavlink_raw_stream_partial_packet_counted_at_end(fixtures_dir: Path, tmp_path: Path) -> None:
     from drivers.mavlink import MavFramer, new_parser
 

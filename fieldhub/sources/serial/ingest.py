@@ -121,6 +121,7 @@ class Port:
             self.session.task("connected")
             self._presence(True, "port_open")
         elif state == "disconnected":
+            self.on_data(b"", end=True)  # the last sentence before the unplug may lack its line end
             self.note("serial_disconnected", f"port went away ({detail}); reopening with backoff",
                       f"串口断开（{detail}），正在重连")
             self._presence(False, "port_lost", detail)
@@ -152,9 +153,9 @@ class Port:
             self.tags = dev.tags()
 
     # -- the data path (reader thread)
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes, *, end: bool = False) -> None:
         frames = self.framer.feed(data)
-        if self.transport_is_datagram:  # a datagram is whole: nothing in it waits for the next one
+        if end or self.transport_is_datagram:  # a datagram is whole; a lost port sends no more
             frames += self.framer.flush()
         if not frames:
             return
