@@ -105,8 +105,12 @@ def test_no_replayed_record_sits_at_zero_zero(fixtures_dir: Path) -> None:
         _, recs = replay("mavlink", path)
         zero = [r for r in recs if r.fields.get("lat") == 0 and r.fields.get("lon") == 0]
         assert not zero, (path.name, len(zero))  # before: 86 in dronekit's flight, 7 in its bench log
-    for path in sorted((fixtures_dir / "nmea").glob("*.log")):
-        _, recs = replay("nmea", path)
+    others = [("nmea", p) for p in sorted((fixtures_dir / "nmea").glob("*.log"))]
+    others += [("dmr", fixtures_dir / "vectors" / "dmr_location_vectors_ok-dmrlib.txt"),
+               ("beidou_rdss", fixtures_dir / "vectors" / "rdss_sample_sentences.txt"),
+               ("dmr", CAPTURES / "dmr_lrrp_enveloped.txt"), ("nmea", CAPTURES / "nmea_multitalker.log")]
+    for driver, path in others:
+        _, recs = replay(driver, path)
         assert not [r for r in recs if r.fields.get("lat") == 0 and r.fields.get("lon") == 0], path.name
 
 
