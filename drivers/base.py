@@ -28,6 +28,12 @@ class Framer(Protocol):
         """Consume bytes; return every complete frame (good or bad). Never raises on bad input."""
         ...
 
+    def flush(self) -> list[Frame]:
+        """End of input: whatever is still buffered, as a frame if it is complete (a last
+        sentence without its line end) or as one bad frame; the framer is empty afterwards.
+        Nothing a device sent stays unseen and uncounted."""
+        ...
+
 
 @dataclass(frozen=True)
 class ParseContext:

@@ -157,19 +157,34 @@ class RdssParser:
                           priority=Priority.BULK)]
 
     def _txr(self, f: list[bytes], ctx: ParseContext) -> Record:
+        """A received message. Its checksum is good, so a person sent it: content that does not
+        decode in its declared encoding (e.g. hex then plain text in mixed mode) is kept raw with
+        a ``decode_error`` tag and field, never dropped. A sentence that is not a TXR at all
+        (missing fields, unknown encoding) is a ProtocolError, which the port quarantines."""
         if len(f) < 6:
             raise ProtocolError(f"TXR with {len(f) - 1} fields, expected 5", device=ctx.device_id)
         cat, sender, enc, sent = _int(f[1]), _s(f[2]), _int(f[3], -1), _s(f[4])
         content = b",".join(f[5:])  # Chinese-mode text may in theory hold a comma; keep it whole
         if enc not in (ENC_CHINESE, ENC_CODE, ENC_MIXED):
             raise ProtocolError(f"TXR encoding {_s(f[3])!r} is not 0, 1 or 2", device=ctx.device_id)
-        text, hexed = decode_content(enc, content)
-        fields = {"sender": sender, "category": CATEGORIES.get(cat, str(cat)), "encoding": enc,
-                  "send_time": sent, "text": text, "hex": hexed}
+        tags = ctx.tags
+        error = ""
+        try:
+            text, hexed = decode_content(enc, content)
+        except ProtocolError as exc:
+            error = str(exc)
+            text, hexed = content.decode("gbk", "replace"), content.hex().upper()
+            tags = {**ctx.tags, "decode_error": "content"}
+        fields: dict[str, Any] = {"sender": sender, "category": CATEGORIES.get(cat, str(cat)),
+                                  "encoding": enc, "send_time": sent, "text": text, "hex": hexed}
+        if error:
+            fields["raw"] = content.decode("gbk", "replace")
+            fields["decode_error"] = error
         digest = hashlib.blake2b(content, digest_size=6).hexdigest()
         # the same message seen twice (module repeats) has the same id: sender, time and content
         key = f"TXR:{sender}:{sent}:{digest}" if sent else f"TXR:{sender}:{ctx.now_ns}:{digest}"
-        return self._rec("bd_message", ctx, fields, key=key, priority=Priority.COMMAND)
+        return Record.make("bd_message", ctx.device_id, ctx.now_ns, fields, tags=tags,
+                           priority=Priority.COMMAND, source=ctx.source or SOURCE, key=key)
 
 
 def card_info(f: list[bytes]) -> dict[str, Any]:

@@ -78,11 +78,42 @@ def _time(b: bytes) -> str:
     v = int.from_bytes(b, "big")
     year, month, day = v >> 26, (v >> 22) & 0xF, (v >> 17) & 0x1F
     hour, minute, sec = (v >> 12) & 0x1F, (v >> 6) & 0x3F, v & 0x3F
+    if len(b) != 5 or not (1990 <= year <= 2100 and 1 <= month <= 12 and 1 <= day <= 31
+                           and hour < 24 and minute < 60 and sec < 60):
+        raise ProtocolError("LRRP info-time is not a date")
     return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{sec:02d}Z"
+
+
+def lrrp_plausible(doc: bytes) -> bool:
+    """More evidence than a length byte: random bytes decode as LRRP tokens often (138 of 300
+    random datagrams did), so a document counts only if its tokens make sense for its type."""
+    try:
+        f, tail = _decode_lrrp(doc)
+    except (ProtocolError, IndexError, struct.error):
+        return False
+    if tail > 16:
+        return False
+    if "request_id" not in f or len(doc) < 6 or f.get("result", 0) > 0x3FF:
+        return False  # a bare one-byte request id is 1 chance in ~500,000 of noise; result codes are small
+    doc_type = f["document"]
+    if "unknown_tokens" in f and "info_time" not in f:
+        return False  # vendor tokens (e.g. 0x6B) only after a valid time: real radios, not noise
+    if doc_type.endswith("report"):
+        return "lat" in f or "result" in f
+    if doc_type.endswith("answer"):
+        return "result" in f
+    if doc_type == "triggered_request" and "trigger" not in f:
+        return False
+    return "unknown_tokens" not in f and "result" not in f  # requests: request id, maybe a trigger
 
 
 def decode_lrrp(doc: bytes) -> dict[str, Any]:
     """Decode an LRRP document (report or request tokens) into flat fields; raises ProtocolError."""
+    return _decode_lrrp(doc)[0]
+
+
+def _decode_lrrp(doc: bytes) -> tuple[dict[str, Any], int]:
+    """The fields, and how many bytes after a result code were left undecoded (vendor text)."""
     if len(doc) < 2 or doc[0] not in LRRP_DOCS or doc[1] != len(doc) - 2:
         raise ProtocolError("not an LRRP document")
     if len(doc) < 4 or doc[2] not in (0x22, 0x23, 0x24):
@@ -96,6 +127,8 @@ def decode_lrrp(doc: bytes) -> dict[str, Any]:
         i += 1
         if t == 0x22:  # request-id, length-prefixed
             ln = b[i]
+            if not 1 <= ln <= 16 or i + 1 + ln > n:
+                raise ProtocolError("LRRP request-id length out of range")
             out["request_id"] = b[i + 1:i + 1 + ln].hex().upper()
             i += 1 + ln
         elif t == 0x23 or t == 0x24:  # request-id, one byte
@@ -112,7 +145,7 @@ def decode_lrrp(doc: bytes) -> dict[str, Any]:
             out["result"] = 0
         elif t == 0x39:  # result code, uintvar
             out["result"], i = _uintvar(b, i)
-            break  # result text tokens after an error are vendor specific
+            return out, n - i  # result text tokens after an error are vendor specific
         elif t in (0x51, 0x54, 0x55, 0x66, 0x69):  # circle-2d, circle-3d(54/55), point-2d, point-3d
             if i + 8 > n:
                 raise ProtocolError("truncated position")
@@ -133,12 +166,20 @@ def decode_lrrp(doc: bytes) -> dict[str, Any]:
             break
     if i > n:
         raise ProtocolError("truncated LRRP document")
-    return out
+    return out, 0
 
 
 # ----------------------------------------------------------------------------- framer
 class DmrFramer:
-    """Finds HDAP messages (checksum) and LRRP documents (full token decode) in a byte stream."""
+    """Finds HDAP messages (checksum, end byte, length) and LRRP documents (tokens that make
+    sense for the document type) in a byte stream.
+
+    It waits for more bytes only behind a plausible start: an LRRP document id whose next
+    bytes are a length that fits and a request-id token, or an HDAP header whose length
+    fits. Anything else is skipped at once, so a stray byte in front of a report (a gateway's
+    envelope) cannot hold the report back until the next datagram. ``flush()`` ends the
+    input: what is still buffered is framed if complete, else reported as one bad frame.
+    """
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
@@ -150,16 +191,22 @@ class DmrFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        return self._scan(eof=False)
+
+    def flush(self) -> list[Frame]:
+        return self._scan(eof=True)
+
+    def _scan(self, eof: bool) -> list[Frame]:
         buf = self._buf
-        buf += data
         out: list[Frame] = []
+        truncated = b""
         i = 0
         while i < len(buf):
             n = len(buf) - i
             b = buf[i]
-            if b in HDAP_HEADERS:
-                if n < 5:
-                    break
+            wait = False
+            if b in HDAP_HEADERS and n >= 5:
                 ln = (buf[i + 3] << 8) | buf[i + 4]
                 total = 5 + ln + 2
                 if total <= self.max_frame:
@@ -172,41 +219,39 @@ class DmrFramer:
                                 out.append(Frame(fr, ok=False, error="bad checksum"))
                             i += total
                             continue
-                    elif not self._lrrp_at(buf, i):
-                        break  # an HDAP message still arriving
+                    else:
+                        wait = True  # an HDAP message still arriving
+            elif b in HDAP_HEADERS:
+                wait = True
             if b in LRRP_DOCS:
-                if n < 2:
-                    break
-                total = buf[i + 1] + 2
-                if n < total:
-                    break
-                fr = bytes(buf[i:i + total])
-                try:
-                    decode_lrrp(fr)
-                except (ProtocolError, IndexError, struct.error):
-                    pass
+                if n < 3:
+                    wait = True
                 else:
-                    out.append(Frame(fr))
-                    i += total
-                    continue
+                    total = buf[i + 1] + 2
+                    if n >= total:
+                        fr = bytes(buf[i:i + total])
+                        if lrrp_plausible(fr):
+                            out.append(Frame(fr))
+                            i += total
+                            continue
+                    elif total >= 4 and buf[i + 2] in (0x22, 0x23, 0x24):
+                        wait = True  # a plausible LRRP start: its length runs past the data so far
+            if wait and not eof:
+                break
+            if wait and not truncated:
+                truncated = bytes(buf[i:i + 64])
             self.garbage_bytes += 1
             i += 1
         del buf[:i]
-        if len(buf) > self.max_frame:
+        if eof:
+            if truncated:
+                out.append(Frame(truncated, ok=False, error="truncated frame at end of input"))
+            buf.clear()
+        elif len(buf) > self.max_frame:
             self.garbage_bytes += len(buf)
             out.append(Frame(bytes(buf[:64]), ok=False, error="unterminated frame"))
             buf.clear()
         return out
-
-    @staticmethod
-    def _lrrp_at(buf: bytearray, i: int) -> bool:
-        if buf[i] not in LRRP_DOCS or len(buf) - i < 2 or len(buf) - i < buf[i + 1] + 2:
-            return False
-        try:
-            decode_lrrp(bytes(buf[i:i + buf[i + 1] + 2]))
-        except (ProtocolError, IndexError, struct.error):
-            return False
-        return True
 
 
 # ----------------------------------------------------------------------------- parser

@@ -99,11 +99,25 @@ class MavFramer:
         self._ts_s = 0.0
         self._last_good_s: float | None = None
         self._last_bad = False
+        self._tlog = False
 
     def feed(self, data: bytes) -> list[Frame]:
         if isinstance(data, TlogChunk):
+            self._tlog = True
             return self._feed_tlog(data, eof=not data)
         return [to_frame(m, 0) for m in self.mav.parse_buffer(data) or ()]
+
+    def flush(self) -> list[Frame]:
+        """End of input: a tlog not yet ended is ended; a raw stream's partial packet is one bad frame."""
+        out: list[Frame] = []
+        if self._buf and self._phase != "done":
+            out = self._feed_tlog(TlogChunk(b""), eof=True)
+        left = 0 if self._tlog else self.mav.buf_len()  # a tlog ends as pymavlink's reader ends it
+        if left > 0:
+            rest = bytes(self.mav.buf[self.mav.buf_index:])
+            self.mav = new_parser()
+            out.append(Frame(rest[:64], ok=False, error="truncated packet at end of input"))
+        return out
 
     def _feed_tlog(self, data: bytes, eof: bool) -> list[Frame]:
         buf = self._buf
@@ -207,6 +221,8 @@ class Telemetry:
         #: sysid -> (autopilot, type, mode name, armed, system_status)
         self.state: dict[int, tuple[int, int, str, bool, int]] = {}
         self.suppressed = 0
+        #: GLOBAL_POSITION_INT at exactly (0, 0), i.e. without a fix, not recorded as positions
+        self.no_fix = 0
         self._chunks: dict[tuple[int, int], dict[int, str]] = {}
         self.handlers: dict[int, Handler] = {
             mavlink2.MAVLINK_MSG_ID_HEARTBEAT: self._heartbeat,
@@ -273,7 +289,10 @@ class Telemetry:
 
     def _global_position(self, m: Any, sysid: int, ts: int) -> list[Record]:
         out = []
-        if self._due(sysid, "position", ts):
+        if m.lat == 0 and m.lon == 0:
+            # autopilots send 0/0 before a GPS fix: no position (a drone in the Gulf of Guinea)
+            self.no_fix += 1
+        elif self._due(sysid, "position", ts):
             f = {"lat": m.lat * 1e-7, "lon": m.lon * 1e-7, "alt_m": m.alt / 1000.0,
                  "rel_alt_m": m.relative_alt / 1000.0}
             if m.hdg != 65535:
@@ -341,7 +360,7 @@ class Telemetry:
                              "satellites": m.satellites_visible if m.satellites_visible != 255 else -1}
         if m.eph != 65535:
             f["hdop"] = m.eph / 100.0
-        if m.fix_type >= 2:
+        if m.fix_type >= 2 and (m.lat or m.lon):
             f.update(lat=m.lat * 1e-7, lon=m.lon * 1e-7, alt_m=m.alt / 1000.0)
         return [self._rec("gps", sysid, ts, f, m, Priority.POSITION if changed else Priority.TELEMETRY)]
 

@@ -162,8 +162,8 @@ class NmeaParser:
                 _put(fields, "geoid_sep_m", _f(f[11]))
             if len(f) > 13:
                 _put(fields, "dgps_age_s", _f(f[13]))
-            return [self._rec("position", ctx, ts, fields, key=f"GGA:{ts}", priority=Priority.POSITION)]
-        return [self._rec("gnss_nofix", ctx, ts, fields, key=f"GGA:{ts}")]
+            return [self._rec("position", ctx, ts, fields, key=f"GGA:{talker}:{ts}", priority=Priority.POSITION)]
+        return [self._rec("gnss_nofix", ctx, ts, fields, key=f"GGA:{talker}:{ts}")]
 
     def _gns(self, talker: str, f: list[bytes], ctx: ParseContext) -> list[Record]:
         if len(f) < 10:
@@ -193,7 +193,7 @@ class NmeaParser:
         _put(fields, "course_deg", _f(f[8]))
         if len(f) > 12 and f[12]:
             fields["mode"] = f[12].decode("ascii", "replace")
-        return [self._rec("gnss_rmc", ctx, ts, fields, key=f"RMC:{ts}")]
+        return [self._rec("gnss_rmc", ctx, ts, fields, key=f"RMC:{talker}:{ts}")]
 
     def _gsa(self, talker: str, f: list[bytes], ctx: ParseContext) -> list[Record]:
         if len(f) < 18:
@@ -267,7 +267,7 @@ class NmeaParser:
         self._date = (y, m, d)
         ts = self._ts(f[1], ctx)
         return [self._rec("gnss_time", ctx, ts, {"utc_ns": ts, "skew_ms": round((ctx.now_ns - ts) / 1e6, 1),
-                                                 "talker": talker}, key=f"ZDA:{ts}")]
+                                                 "talker": talker}, key=f"ZDA:{talker}:{ts}")]
 
     def _gll(self, talker: str, f: list[bytes], ctx: ParseContext) -> list[Record]:
         if len(f) < 7:
@@ -276,7 +276,7 @@ class NmeaParser:
         fields: dict[str, Any] = {"status": f[6].decode("ascii", "replace") or "V", "talker": talker}
         _put(fields, "lat", _coord(f[1], f[2]))
         _put(fields, "lon", _coord(f[3], f[4]))
-        return [self._rec("gnss_gll", ctx, ts, fields, key=f"GLL:{ts}")]
+        return [self._rec("gnss_gll", ctx, ts, fields, key=f"GLL:{talker}:{ts}")]
 
     def _gst(self, talker: str, f: list[bytes], ctx: ParseContext) -> list[Record]:
         if len(f) < 9:
@@ -287,7 +287,7 @@ class NmeaParser:
         _put(fields, "lat_err_m", _f(f[6]))
         _put(fields, "lon_err_m", _f(f[7]))
         _put(fields, "alt_err_m", _f(f[8]))
-        return [self._rec("gnss_gst", ctx, ts, fields, key=f"GST:{ts}")]
+        return [self._rec("gnss_gst", ctx, ts, fields, key=f"GST:{talker}:{ts}")]
 
     def _txt(self, talker: str, f: list[bytes], ctx: ParseContext) -> list[Record]:
         text = b",".join(f[4:]).decode("ascii", "replace") if len(f) > 4 else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fieldhub.core.errors import ValidationError
+from fieldhub.core.errors import ProtocolError, ValidationError
 from fieldhub.core.records import Priority, Record
 
 from .base import Driver, Frame, ParseContext, read_hex_capture
@@ -54,6 +54,8 @@ class PelcoFramer:
     def __init__(self) -> None:
         self._buf = bytearray()
         self.garbage_bytes = 0
+        #: bytes at the head of the buffer that belong to a frame already reported bad
+        self._covered = 0
 
     @property
     def buffered(self) -> int:
@@ -64,6 +66,7 @@ class PelcoFramer:
         buf += data
         out: list[Frame] = []
         i, n = 0, len(buf)
+        covered = self._covered
         while i < n:
             b = buf[i]
             if b == D_SYNC:
@@ -75,6 +78,7 @@ class PelcoFramer:
                     i += 7
                 else:
                     out.append(Frame(fr, ok=False, error="bad checksum"))
+                    covered = i + 7
                     i += 1
                 continue
             if b == P_SYNC:
@@ -87,12 +91,24 @@ class PelcoFramer:
                         i += 8
                     else:
                         out.append(Frame(fr, ok=False, error="bad checksum"))
+                        covered = i + 8
                         i += 1
                     continue
             self.garbage_bytes += 1
             i += 1
         del buf[:i]
+        self._covered = max(0, covered - i)
         return out
+
+    def flush(self) -> list[Frame]:
+        """End of input: a partial frame left over is one bad frame (a frame has a fixed length)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        covered, self._covered = self._covered, 0
+        self.garbage_bytes += len(rest)
+        if len(rest) <= covered:
+            return []  # the tail of a frame already reported bad
+        return [Frame(rest, ok=False, error="truncated frame at end of input")]
 
 
 def _describe(cmd1: int, cmd2: int, d1: int, d2: int) -> tuple[str, dict[str, Any]]:
@@ -133,7 +149,21 @@ class PelcoParser:
         units = self.profile.get("units", {}) if isinstance(self.profile.get("units"), Mapping) else {}
         self.unit = float(units.get("position_deg", self.profile.get("position_unit", 0.01)))
         self.zoom_unit = float(units.get("zoom", 1.0))
+        # One checksum byte passes 1 random frame in 256: a frame counts only for a camera we
+        # know (the profile's [ptz] address or addresses). Without a profile (replay) any address.
+        section = self.profile.get("ptz")
+        ptz: Mapping[str, Any] = section if isinstance(section, Mapping) else {}
+        known = ptz.get("addresses", [ptz["address"]] if "address" in ptz else [])
+        self.addresses = frozenset(int(a) for a in known)
         self._n = 0
+
+    def _check_address(self, addr: int, proto: str) -> None:
+        if not self.addresses or addr in self.addresses:
+            return
+        if proto == "pelco-p" and addr + 1 in self.addresses:  # Pelco-P counts cameras from 0
+            return
+        raise ProtocolError(f"{proto} frame for address {addr}, not a configured camera "
+                            f"({', '.join(map(str, sorted(self.addresses)))})")
 
     def parse(self, frame: Frame, ctx: ParseContext) -> list[Record]:
         raw = frame.raw
@@ -146,6 +176,7 @@ class PelcoParser:
         else:
             addr, cmd1, cmd2, d1, d2 = raw[1], raw[2], raw[3], raw[4], raw[5]
             proto = "pelco-p"
+        self._check_address(addr, proto)
         if cmd2 in REPLIES and cmd1 == 0:
             axis = REPLIES[cmd2]
             value = (d1 << 8) | d2

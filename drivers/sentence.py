@@ -88,6 +88,13 @@ class SentenceFramer:
         self._buf = rest
         return out
 
+    def flush(self) -> list[Frame]:
+        """End of input: a last sentence without its line end is still a sentence."""
+        rest, self._buf = self._buf, b""
+        if rest[-1:] == b"\r":
+            rest = rest[:-1]
+        return self._line(rest) if rest.strip() else []
+
     def _line(self, line: bytes) -> list[Frame]:
         dollar = line.find(b"$")
         if dollar < 0:

@@ -70,6 +70,11 @@ class AtFramer:
         self._buf = buf[start:]
         return out
 
+    def flush(self) -> list[Frame]:
+        """End of input: a last line without its line end is still a line."""
+        rest, self._buf = self._buf, b""
+        return self.feed(rest + b"\r\n") if rest.strip() else []
+
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _NOISE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\xff]")

@@ -101,7 +101,7 @@ def devices_remove(cfg: Config, device_id: str) -> None:
 @example("fieldhub devices import devices.csv   # columns: id,kind,admin_code,model,unit,contact,transport")
 def devices_import(cfg: Config, csv_file: str, replace: bool) -> None:
     """Import devices from CSV; the whole file is validated first, so a bad row changes nothing."""
-    n = open_registry(cfg).import_csv(Path(csv_file).read_text(encoding="utf-8-sig"), replace=replace,
+    n = open_registry(cfg).import_csv(Path(csv_file).read_bytes(), replace=replace,
                                       source=csv_file)
     click.echo(f"imported {n} devices")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from fieldhub.cli.common import emit_json, example, json_option
 from fieldhub.core.errors import FieldhubError, ProtocolError
 
 if TYPE_CHECKING:  # the drivers load when a file is replayed, not with every command
+    from drivers.base import Frame
     from fieldhub.core.records import Record
 
 
@@ -66,25 +67,30 @@ def replay_file(driver_name: str, path: Path, *, device_id: str = "replay",
     errors: Counter[str] = Counter()
     now = time.time_ns()
     source = f"replay:{driver_name}"
-    for chunk in driver.capture_chunks(path):
-        for frame in framer.feed(chunk):
-            if not frame.ok:
-                bad += 1
-                errors[frame.error or "bad frame"] += 1
-                continue
-            frames += 1
-            ctx = ParseContext(device_id=device_id, now_ns=frame.ts or now, source=source)
-            try:
-                out = parser.parse(frame, ctx)
-            except ProtocolError as exc:
-                errors[str(exc)] += 1
-                bad += 1
-                frames -= 1
-                continue
-            for r in out:
-                records += 1
-                by_kind[r.kind] += 1
-                if on_record is not None:
-                    on_record(r)
+
+    def frames_of() -> Iterator[Frame]:
+        for chunk in driver.capture_chunks(path):
+            yield from framer.feed(chunk)
+        yield from framer.flush()  # the last sentence may have no line end
+
+    for frame in frames_of():
+        if not frame.ok:
+            bad += 1
+            errors[frame.error or "bad frame"] += 1
+            continue
+        frames += 1
+        ctx = ParseContext(device_id=device_id, now_ns=frame.ts or now, source=source)
+        try:
+            out = parser.parse(frame, ctx)
+        except ProtocolError as exc:
+            errors[str(exc)] += 1
+            bad += 1
+            frames -= 1
+            continue
+        for r in out:
+            records += 1
+            by_kind[r.kind] += 1
+            if on_record is not None:
+                on_record(r)
     return {"file": str(path), "driver": driver_name, "frames": frames, "records": records,
             "bad_frames": bad, "by_kind": dict(by_kind), "errors": dict(errors.most_common(20))}

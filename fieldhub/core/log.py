@@ -17,6 +17,7 @@ goes through its public view (``DurableLog.view()``, ``fieldhub.core.logview``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -60,13 +61,36 @@ CREATE TABLE IF NOT EXISTS quarantine(
     reason TEXT NOT NULL,
     payload BLOB,
     meta TEXT,
-    state TEXT NOT NULL DEFAULT 'held'
+    state TEXT NOT NULL DEFAULT 'held',
+    qkey TEXT  -- the item's identity (see DurableLog.quarantine): stored once however often it comes
 );
 CREATE INDEX IF NOT EXISTS quarantine_state ON quarantine(state, qid);
 """
+#: run after SCHEMA: files made before quarantine had an identity get the column, then the index
+_MIGRATE_QKEY = "ALTER TABLE quarantine ADD COLUMN qkey TEXT"
+_QKEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS quarantine_key ON quarantine(qkey)"
 
 Callback = Callable[["AppendResult | None", "BaseException | None"], None]
 QuarantineCallback = Callable[["int | None", "BaseException | None"], None]
+
+
+class QuarantineId(int):
+    """The qid of a quarantined item; ``repeat`` is True when an item with the same identity was
+    already held (nothing new was stored)."""
+
+    repeat: bool = False
+
+    @classmethod
+    def of(cls, qid: int, repeat: bool) -> QuarantineId:
+        q = cls(qid)
+        q.repeat = repeat
+        return q
+
+
+def quarantine_key(source: str, key: bytes | str) -> str:
+    """The stored identity of a quarantined item: a hash of its source and its caller's key."""
+    raw = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
+    return hashlib.blake2b(source.encode() + b"\x1f" + raw, digest_size=16).hexdigest()
 #: what the writer calls back with; the result's type depends on the op's kind
 _OpCallback = Callable[[Any, "BaseException | None"], None]
 
@@ -143,6 +167,16 @@ class DurableLog:
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(quarantine)")}
+        if "qkey" not in cols:
+            self._db.execute(_MIGRATE_QKEY)
+        self._db.execute(_QKEY_INDEX)
+        if self.disk_cap:
+            # the WAL is disk too: checkpoint it (and truncate it back) long before it could
+            # outgrow the cap; SQLite's defaults let it reach ~4 MB and never shrink
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+            self._db.execute(f"PRAGMA journal_size_limit={self._wal_allowance()}")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={max(16, min(1000, self._wal_allowance() // page))}")
         self._last_seq = self._high_water()
         self._counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
 
@@ -178,6 +212,13 @@ class DurableLog:
                          f"日志文件损坏（{exc}），已移至 {aside.name}，抢救 {salvaged} 条记录",
                          salvaged=salvaged)
 
+    @staticmethod
+    def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+        try:
+            return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        except sqlite3.DatabaseError:
+            return set()
+
     def _salvage(self, aside: Path) -> int:
         try:
             old = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
@@ -188,7 +229,8 @@ class DurableLog:
             for table, cols in (("log", "seq, id, prio, body"),
                                 ("cursors", "consumer, prio, seq"),
                                 ("counters", "name, value"),
-                                ("quarantine", "qid, ts, source, device_id, reason, payload, meta, state")):
+                                ("quarantine", "qid, ts, source, device_id, reason, payload, meta, state"
+                                 + (", qkey" if "qkey" in self._columns(old, "quarantine") else ""))):
                 marks = ",".join("?" * len(cols.split(",")))
                 try:
                     rows = old.execute(f"SELECT {cols} FROM {table}")
@@ -225,12 +267,19 @@ class DurableLog:
 
     def quarantine(self, source: str, reason: str, payload: bytes | str | None, *,
                    device_id: str | None = None, meta: dict | None = None,
-                   callback: QuarantineCallback | None = None) -> int | None:
-        """Put something that could not be admitted into the dead-letter area, durably."""
+                   callback: QuarantineCallback | None = None, key: bytes | str | None = None) -> int | None:
+        """Put something that could not be admitted into the dead-letter area, durably.
+
+        ``key`` is the item's identity (MQTT: topic and payload): an item whose identity is
+        already held is not stored again (a retained or redelivered message arrives at every
+        restart), the result is the held item's qid with ``repeat`` set, and the
+        ``quarantine_repeats`` counter counts it. Without a key every call stores a new item.
+        """
         if isinstance(payload, str):
             payload = payload.encode("utf-8", "surrogateescape")
         row = (now_ns(), source, device_id, reason, payload,
-               orjson.dumps(meta).decode() if meta else None)
+               orjson.dumps(meta).decode() if meta else None,
+               quarantine_key(source, key) if key is not None else None)
         return self._submit("quarantine", row, callback, None)
 
     def set_quarantine_state(self, qids: Iterable[int], state: str) -> int:
@@ -437,10 +486,15 @@ class DurableLog:
             db.execute("DELETE FROM cursors WHERE consumer=?", (op.payload,))
             return None
         if op.kind == "quarantine":
-            cur = db.execute("INSERT INTO quarantine(ts, source, device_id, reason, payload, meta) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", cast("tuple[object, ...]", op.payload))
+            row = cast("tuple[object, ...]", op.payload)
+            cur = db.execute("INSERT INTO quarantine(ts, source, device_id, reason, payload, meta, qkey) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(qkey) DO NOTHING", row)
+            if cur.rowcount == 0:  # the same identity is already held
+                self._count_in_tx("quarantine_repeats", 1)
+                held = db.execute("SELECT qid FROM quarantine WHERE qkey=?", (row[6],)).fetchone()
+                return QuarantineId.of(held[0], True)
             self._count_in_tx("quarantined", 1)
-            return cur.lastrowid
+            return QuarantineId.of(cur.lastrowid or 0, False)
         if op.kind == "qstate":
             qids, state = cast("tuple[list[int], str]", op.payload)
             before = db.total_changes
@@ -460,50 +514,83 @@ class DurableLog:
         self._counters[name] = self._counters.get(name, 0) + by
 
     # ---------------------------------------------------------------- maintenance
+    def _wal_allowance(self) -> int:
+        """What the WAL may grow to between checkpoints: a sixteenth of the cap, at most 64 MiB."""
+        return min((self.disk_cap or 0) // 16, 64 << 20)
+
+    def wal_bytes(self) -> int:
+        """The WAL file's size on disk."""
+        try:
+            return os.path.getsize(str(self.path) + "-wal")
+        except OSError:
+            return 0
+
     def used_bytes(self, db: sqlite3.Connection | None = None) -> int:
-        """Bytes the log's live pages take (what the disk cap is measured against)."""
+        """Bytes the log's live pages take. The disk cap holds these plus the WAL: live pages
+        may use the cap less the larger of 3 × the WAL's allowance and its size now."""
         db = db or self._reader()
         page = db.execute("PRAGMA page_size").fetchone()[0]
         count = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         return (count - free) * page
 
+    def _fold_wal(self) -> int:
+        """The WAL's size, after truncating it if it has outgrown its allowance: readers reading
+        all the while keep SQLite from resetting it, and it would grow without end."""
+        wal = self.wal_bytes()
+        if wal > self._wal_allowance():
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # waits for current readers
+            except sqlite3.OperationalError:
+                pass  # still busy: counted at its real size
+            wal = self.wal_bytes()
+        return wal
+
     def _enforce_cap(self, group: list[_Op]) -> None:
         """Before committing appends over the cap: evict, or refuse if nothing may go."""
         assert self.disk_cap
         incoming = sum(op.size * 300 for op in group if op.kind == "append")
         used = self.used_bytes(self._db)
-        if used + incoming <= self.disk_cap:
+        wal = self._fold_wal()
+        # the WAL holds up to its allowance plus the frames of one eviction and one append
+        cap = self.disk_cap - max(wal, 3 * self._wal_allowance())
+        if used + incoming <= cap:
             return
-        target = int(self.disk_cap * 0.9) - incoming
-        self._db.execute("BEGIN IMMEDIATE")
+        target = int(cap * 0.9) - incoming
         evicted: dict[str, int] = {}
-        try:
-            for prio in sorted((p for p in Priority if p not in PROTECTED), reverse=True):
-                while used > target:
-                    rows = self._db.execute(
-                        "SELECT seq FROM log WHERE prio=? ORDER BY seq LIMIT 2000", (int(prio),)).fetchall()
-                    if not rows:
-                        break
-                    self._db.execute("DELETE FROM log WHERE prio=? AND seq<=?", (int(prio), rows[-1][0]))
-                    evicted[prio.label] = evicted.get(prio.label, 0) + len(rows)
-                    used = self.used_bytes(self._db)
-                if used <= target:
+        # Evict in small transactions, each counted, and keep the WAL folded between them: every
+        # page a delete touches (the random-id index: nearly all of it) passes through the WAL,
+        # which the cap holds too. A step is about what must go (~300 bytes a record).
+        step_max = max(50, min(2000, self._wal_allowance() // 2 // 300))
+        for prio in sorted((p for p in Priority if p not in PROTECTED), reverse=True):
+            while used > target:
+                step = min(step_max, max(50, (used - target) // 300))
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = self._db.execute("SELECT seq FROM log WHERE prio=? ORDER BY seq LIMIT ?",
+                                            (int(prio), step)).fetchall()
+                    if rows:
+                        self._db.execute("DELETE FROM log WHERE prio=? AND seq<=?", (int(prio), rows[-1][0]))
+                        self._count_in_tx("evicted", len(rows))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                if not rows:
                     break
-            total = sum(evicted.values())
-            if total:
-                self._count_in_tx("evicted", total)
-                alarm = Record.make("hub_alarm", self.hub_id, now_ns(),
-                                    {"event": "log_eviction", "evicted": total,
-                                     "message": f"disk cap reached: evicted {total} records"},
-                                    priority=Priority.ALARM, source="hub",
-                                    key=f"evict-{now_ns()}")
-                self._db.execute("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)",
-                                 (alarm.id, int(alarm.priority), body.encode(alarm)))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+                evicted[prio.label] = evicted.get(prio.label, 0) + len(rows)
+                self._fold_wal()
+                used = self.used_bytes(self._db)
+            if used <= target:
+                break
+        total = sum(evicted.values())
+        if total:
+            alarm = Record.make("hub_alarm", self.hub_id, now_ns(),
+                                {"event": "log_eviction", "evicted": total,
+                                 "message": f"disk cap reached: evicted {total} records"},
+                                priority=Priority.ALARM, source="hub", key=f"evict-{now_ns()}")
+            self._db.execute("INSERT OR IGNORE INTO log(id, prio, body) VALUES (?, ?, ?)",
+                             (alarm.id, int(alarm.priority), body.encode(alarm)))
         if evicted:
             total = sum(evicted.values())
             self.stats["evicted"] += total
@@ -513,7 +600,7 @@ class DurableLog:
                              f"low-priority records ({detail})",
                              f"达到磁盘上限 {self.disk_cap} 字节：已淘汰 {total} 条最旧的低优先级记录（{detail}）",
                              evicted=evicted)
-        if used + incoming > self.disk_cap:
+        if used + incoming > cap:
             self.stats["disk_full"] += 1
             self.oplog.write("error", "disk_cap_full",
                              f"disk cap {self.disk_cap} bytes reached and only alarm/command "

@@ -208,15 +208,34 @@ class Registry:
                         orjson.dumps(d.transport).decode() if d.transport else ""])
         return buf.getvalue()
 
-    def import_csv(self, text: str, *, replace: bool = False, source: str = "<csv>") -> int:
-        """Import devices; all rows are validated first, so a bad file changes nothing."""
+    def import_csv(self, text: str | bytes, *, replace: bool = False, source: str = "<csv>") -> int:
+        """Import devices; all rows are validated first, so a bad file changes nothing.
+
+        Bytes are decoded as UTF-8 (with or without a BOM) or, failing that, as GB 18030 (what
+        a Chinese Excel saves); a file that is neither, or holds NUL bytes, is refused in one line.
+        """
+        if isinstance(text, bytes):
+            text = _csv_text(text, source)
+        elif "\x00" in text:
+            raise ValidationError(f"{source}: not a CSV text file (NUL bytes) / 不是CSV文本文件")
         reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
-        missing = {"id", "kind", "admin_code"} - set(reader.fieldnames or ())
+        try:
+            fieldnames = reader.fieldnames
+        except csv.Error as exc:
+            raise ValidationError(f"{source}: not a readable CSV file ({exc}) / CSV文件无法读取") from None
+        missing = {"id", "kind", "admin_code"} - set(fieldnames or ())
         if missing:
             raise ValidationError(f"{source}: missing column(s) {', '.join(sorted(missing))}; "
                                   f"columns are {', '.join(CSV_COLUMNS)}")
         devices: list[Device] = []
-        for lineno, row in enumerate(reader, start=2):
+        rows = enumerate(reader, start=2)
+        while True:
+            try:
+                lineno, row = next(rows)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise ValidationError(f"{source} line {reader.line_num}: {exc} / CSV格式错误") from None
             try:
                 transport = orjson.loads(row["transport"]) if row.get("transport") else {}
                 if not isinstance(transport, dict):
@@ -245,6 +264,22 @@ class Registry:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _csv_text(data: bytes, source: str) -> str:
+    if b"\x00" in data:
+        raise ValidationError(f"{source}: not a CSV text file (binary data at byte {data.index(0)}) "
+                              "/ 不是CSV文本文件（含二进制数据）")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        first = exc
+    try:
+        return data.decode("gb18030")
+    except UnicodeDecodeError:
+        bad = data[first.start:first.start + 1]
+        raise ValidationError(f"{source}: not UTF-8 or GBK text (byte {first.start}: {bad!r}); "
+                              "save the CSV as UTF-8 / 文件不是UTF-8或GBK文本，请另存为UTF-8编码的CSV") from None
 
 
 def _device(body: str) -> Device:

@@ -450,9 +450,16 @@ class MqttIngest:
 
     def _quarantine(self, reason: str, payload: bytes, device_id: str | None, topic: str,
                     recv_ns: int, callback: QuarantineCallback) -> None:
-        self.stats["quarantined"] += 1
+        def counted(result: int | None, error: BaseException | None) -> None:
+            if error is None:
+                # a message already held (retained, or redelivered after a crash) is a duplicate
+                self.stats["duplicates" if getattr(result, "repeat", False) else "quarantined"] += 1
+            callback(result, error)
+
+        # identity = topic and payload: however often the broker delivers it, it is held once
         self.log.quarantine(SOURCE, reason, payload, device_id=device_id,
-                            meta={"topic": topic[:300], "recv_ns": recv_ns}, callback=callback)
+                            meta={"topic": topic[:300], "recv_ns": recv_ns}, callback=counted,
+                            key=topic.encode("utf-8", "surrogateescape") + b"\x00" + payload)
 
     def _quarantine_done(self, result, error) -> None:
         if error is not None:

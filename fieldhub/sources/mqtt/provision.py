@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from fieldhub.core.errors import ValidationError
+from fieldhub.core.errors import StorageError, ValidationError
 from fieldhub.core.registry import valid_id
 from fieldhub.sources.mqtt.ingest import HUB_USER
 
@@ -199,8 +199,18 @@ def broker_conf(directory: Path, opts: BrokerOptions) -> str:
 
 def write_broker_config(directory: Path | str, opts: BrokerOptions, *,
                         rotate_hub: bool = False) -> dict[str, str]:
-    """Write mosquitto.conf, passwd (with the hub's account) and acl into ``directory``."""
+    """Write mosquitto.conf, passwd (with the hub's account) and acl into ``directory``;
+    a directory that cannot be written is a StorageError naming it, in one line."""
     d = Path(directory)
+    try:
+        return _write_broker_config(d, opts, rotate_hub=rotate_hub)
+    except OSError as exc:
+        where = exc.filename or d
+        raise StorageError(f"cannot write the broker config to {where}: {exc.strerror or exc} "
+                           f"/ 无法写入代理配置：{where}") from None
+
+
+def _write_broker_config(d: Path, opts: BrokerOptions, *, rotate_hub: bool) -> dict[str, str]:
     if opts.certfile and not opts.keyfile:
         raise ValidationError("--tls-cert needs --tls-key / TLS 证书需要私钥")
     for p in (opts.certfile, opts.keyfile, opts.cafile):

@@ -72,6 +72,7 @@ class Port:
                                          stopbits=int(ser.get("stopbits", 1)),
                                          backoff_initial=float(settings.backoff_initial),
                                          backoff_max=float(settings.backoff_max), on_state=self._on_state)
+        self.transport_is_datagram = cfg.url.startswith("udp://")
         self.session: Session = SESSIONS[cfg.driver](self, profile)
         if cfg.poll_interval:
             self.session.poll_interval = float(cfg.poll_interval)
@@ -120,6 +121,7 @@ class Port:
             self.session.task("connected")
             self._presence(True, "port_open")
         elif state == "disconnected":
+            self.on_data(b"", end=True)  # the last sentence before the unplug may lack its line end
             self.note("serial_disconnected", f"port went away ({detail}); reopening with backoff",
                       f"串口断开（{detail}），正在重连")
             self._presence(False, "port_lost", detail)
@@ -151,8 +153,10 @@ class Port:
             self.tags = dev.tags()
 
     # -- the data path (reader thread)
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes, *, end: bool = False) -> None:
         frames = self.framer.feed(data)
+        if end or self.transport_is_datagram:  # a datagram is whole; a lost port sends no more
+            frames += self.framer.flush()
         if not frames:
             return
         out: list[Record] = []
