@@ -177,6 +177,17 @@ class Sl651Framer:
             j += 1
         return False
 
+    def flush(self) -> list[Frame]:
+        """End of input: a frame still waiting for bytes will not be completed; what is buffered
+        is one counted bad frame (a frame is complete only with its CRC, so nothing else is)."""
+        rest, self._buf = bytes(self._buf), bytearray()
+        if not rest:
+            return []
+        self.garbage_bytes += len(rest)
+        if not rest.startswith((b"\x7e\x7e", b"\x01")):  # e.g. one 0x7E kept in case a second followed
+            return []
+        return [Frame(rest[:120], ok=False, error=f"input ended inside a frame ({len(rest)} bytes)")]
+
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
         buf += data

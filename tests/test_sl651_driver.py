@@ -263,3 +263,12 @@ def test_odd_lines_are_not_frames(tmp_path: Path, text: str) -> None:
     p.write_text(f"# comment\n{text}\n")
     out = replay_file("sl651", p)
     assert out["frames"] == 0 and out["records"] == 0
+
+
+def test_flush_at_end_of_input_counts_a_frame_cut_short() -> None:
+    framer = drivers.get("sl651").framer()
+    assert framer.flush() == []
+    assert framer.feed(bytes.fromhex("7E7E0012345678")) == []  # a frame's start, never finished
+    (bad,) = framer.flush()
+    assert not bad.ok and "input ended inside a frame" in (bad.error or "")
+    assert framer.flush() == []  # empty afterwards
