@@ -9,6 +9,7 @@ import click
 
 from fieldhub import __version__
 from fieldhub.cli import demo, devices, hubcmds, influx, mavlink, mqtt, quarantine, query, replay, serial, sl651, uplink
+from fieldhub.cli import keys as keycmds
 from fieldhub.cli.common import EPILOG_WIDTH, HubGroup
 
 
@@ -65,3 +66,5 @@ main.add_command(sl651.sl651)
 main.add_command(uplink.center)
 mqtt.provision.add_command(uplink.provision_center_broker)
 sim.add_command(uplink.sim_link)
+# command keys and authority (issue 14)
+main.add_command(keycmds.keys)
