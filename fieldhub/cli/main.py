@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from fieldhub import __version__
+from fieldhub.cli import audit as auditcmds
 from fieldhub.cli import demo, devices, hubcmds, influx, mavlink, mqtt, quarantine, query, replay, serial, sl651, uplink
 from fieldhub.cli.common import EPILOG_WIDTH, HubGroup
 
@@ -64,3 +65,4 @@ main.add_command(uplink.uplink)
 main.add_command(sl651.sl651)
 main.add_command(uplink.center)
 sim.add_command(uplink.sim_link)
+main.add_command(auditcmds.audit)  # audit show|verify|export|heads (issue 14)
