@@ -269,7 +269,7 @@ class AuditLog:
         if cut < len(data):  # a line whose write never completed: it was never acknowledged
             os.ftruncate(self._fd, self._offset)
 
-    def append(self, actor: str, action: str, subject: str = "", **detail: Any) -> dict[str, Any]:
+    def append(self, actor: str, action: str, subject: str = "", /, **detail: Any) -> dict[str, Any]:
         """Append one entry durably (fsynced before return); returns it."""
         return self.append_many([(actor, action, subject, detail)])[0]
 
@@ -328,7 +328,7 @@ class AuditLog:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
-def record(data_dir: Path, actor: str, action: str, subject: str = "", **detail: Any) -> bool:
+def record(data_dir: Path, actor: str, action: str, subject: str = "", /, **detail: Any) -> bool:
     """One line for a hook: append one entry to ``data_dir``'s audit log; False (never raises) on failure,
     so wiring the audit log into an existing action changes nothing else about it."""
     try:
@@ -337,6 +337,15 @@ def record(data_dir: Path, actor: str, action: str, subject: str = "", **detail:
     except (StorageError, OSError):
         return False
     return True
+
+
+def config_summary(config: Any, components: Iterable[Any]) -> dict[str, Any]:
+    """What a hub start records: the config file, the parts running, and a digest of every effective
+    setting (file, environment and flags together), so a config change between starts shows."""
+    sections = vars(config).get("_sections", {})
+    blob = orjson.dumps(sections, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return {"config_file": str(getattr(config, "path", "") or ""), "components": [c.name for c in components],
+            "config_sha256": hashlib.sha256(blob).hexdigest(), "data_dir": str(config.hub.data_dir)}
 
 
 def operator() -> str:
