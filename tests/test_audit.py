@@ -225,3 +225,30 @@ def test_show_since_json_and_errors(data_dir, tmp_path):
     bad.write_text("hello\n")
     p = run_cli("audit", "verify", "--file", str(bad), "--heads", str(bad), "--public-key", "00" * 32)
     assert p.returncode == 1 and "Traceback" not in p.stderr
+
+
+def test_a_new_process_signs_from_the_last_head_on_file(data_dir):
+    key, _ = _key()
+    _fill(data_dir, 12, key, every=5)  # heads at 5 and 10
+    with audit.AuditLog(data_dir, sign=key.sign, head_every=5) as log:
+        log.append("cli:op", "x")  # 13: not yet 5 past the last head
+        assert [h["size"] for h in audit.read_heads(data_dir / audit.HEADS_FILE)] == [5, 10]
+        log.append("cli:op", "x")
+        log.append("cli:op", "x")  # 15
+    assert [h["size"] for h in audit.read_heads(data_dir / audit.HEADS_FILE)] == [5, 10, 15]
+
+
+def test_center_check_without_the_key_trusts_its_heads_and_still_catches_a_rewrite(data_dir, tmp_path):
+    key, _ = _key()
+    _fill(data_dir, 6, key)
+    heads = tmp_path / "heads.jsonl"
+    heads.write_bytes((data_dir / audit.HEADS_FILE).read_bytes())
+    exp = tmp_path / "e.jsonl"
+    run_cli("audit", "export", "--data-dir", str(data_dir), "--out", str(exp), check=True)
+    assert run_cli("audit", "verify", "--file", str(exp), "--heads", str(heads)).returncode == 0
+    lines = exp.read_bytes().splitlines()
+    lines[2] = lines[2].replace(b'"preset":1', b'"preset":2')
+    exp.write_bytes(b"".join(x + b"\n" for x in lines))
+    p = run_cli("audit", "verify", "--file", str(exp), "--heads", str(heads), "--json")
+    assert p.returncode == 1 and json.loads(p.stdout)["first_bad"]["index"] == 1
+    assert run_cli("audit", "verify", "--file", str(exp)).returncode == 2  # usage: --heads missing

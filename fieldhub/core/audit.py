@@ -234,7 +234,17 @@ class AuditLog:
             raise StorageError(f"audit log {self.path}: {exc.strerror or exc} / 审计日志无法打开") from None
         self._offset = 0
         self._tree = _Compact()
-        self._last_head_size, self._last_head_mono = 0, time.monotonic()
+        self._last_head_size, self._last_head_mono = self._last_signed_size(), time.monotonic()
+
+    def _last_signed_size(self) -> int:
+        """The size of the newest head on file, so a new process does not re-sign what is signed."""
+        try:
+            with open(self.heads_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                last = f.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            return int(orjson.loads(last)["size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -507,9 +517,10 @@ def read_export(path: Path) -> tuple[dict[str, Any], list[bytes]]:
     return header, lines[1:]
 
 
-def verify_export(path: Path, heads: Sequence[dict[str, Any]], public_key: bytes) -> Report:
+def verify_export(path: Path, heads: Sequence[dict[str, Any]], public_key: bytes | None = None) -> Report:
     """The center's check: the export against heads received *earlier* from the hub (not the export's
-    own), each signature checked with the hub's known key and each head proven consistent."""
+    own), each proven consistent; each signature checked too when the hub's key is given (without it,
+    the heads are trusted as the center's own record of what it received)."""
     _, lines = read_export(path)
     if not heads:
         raise StorageError("no signed heads to check the export against / 没有可用于核对的签名树头")
