@@ -106,6 +106,8 @@ def audit_verify(cfg: Config, export_file: str | None, heads_file: str | None, p
         emit_json(out)
     elif report.ok:
         sig = "" if key is not None else " (head signatures not checked: give --public-key)"
+        if report.heads_checked == 0:
+            sig = " (no signed heads yet: only the chain of entries is checked / 尚无签名树头，仅校验链)"
         click.echo(f"audit log intact: {report.entries} entries, {report.heads_checked} signed heads "
                    f"consistent{sig} / 审计日志完整")
     else:
