@@ -252,3 +252,19 @@ def test_center_check_without_the_key_trusts_its_heads_and_still_catches_a_rewri
     p = run_cli("audit", "verify", "--file", str(exp), "--heads", str(heads), "--json")
     assert p.returncode == 1 and json.loads(p.stdout)["first_bad"]["index"] == 1
     assert run_cli("audit", "verify", "--file", str(exp)).returncode == 2  # usage: --heads missing
+
+
+def test_verify_while_another_process_appends_never_false_alarms(data_dir):
+    """A reader sees whole entries and no head newer than the entries it read."""
+    code = ("import sys; from pathlib import Path; from fieldhub.core import audit\n"
+            "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\n"
+            "log = audit.AuditLog(Path(sys.argv[1]), sign=Ed25519PrivateKey.generate().sign, head_every=1)\n"
+            "for i in range(1500): log.append('hub', 'x', str(i), pad='p' * 3000)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data_dir)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    checks = 0
+    while proc.poll() is None:
+        report = audit.verify_dir(data_dir)
+        assert report.ok, report.problem
+        checks += 1
+    assert proc.returncode == 0 and checks > 5
+    assert audit.verify_dir(data_dir).entries == 1500

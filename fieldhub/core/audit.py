@@ -393,13 +393,27 @@ class Report:
 
 def read_lines(path: Path) -> list[bytes]:
     """The entry lines of an audit file (a last line without newline is kept: verify reports it)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise StorageError(f"{path}: {exc.strerror or exc}") from None
-    return data.split(b"\n")[:-1] + ([data.rsplit(b"\n", 1)[-1]] if not data.endswith(b"\n") and data else [])
+    return snapshot(path, None)[0]
+
+
+def snapshot(path: Path, heads_path: Path | None) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """Entry lines (and heads) read under a shared lock, so an append in progress is never seen half
+    written, nor a head newer than the entries read."""
+    for attempt in range(2):
+        try:
+            with open(path, "rb") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+                data = f.read()
+                heads = read_heads(heads_path) if heads_path is not None else []
+            break
+        except FileNotFoundError:
+            heads = read_heads(heads_path) if heads_path is not None else []
+            if not heads or attempt:  # heads but no file: it was created meanwhile, or deleted
+                return [], heads
+        except OSError as exc:
+            raise StorageError(f"{path}: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")[:-1] + ([data.rsplit(b"\n", 1)[-1]] if not data.endswith(b"\n") and data else [])
+    return lines, heads
 
 
 def read_heads(path: Path) -> list[dict[str, Any]]:
@@ -485,14 +499,13 @@ def verify_lines(lines: Sequence[bytes], heads: Sequence[dict[str, Any]] = (),
 
 def verify_dir(data_dir: Path, public_key: bytes | None = None) -> Report:
     d = Path(data_dir)
-    return verify_lines(read_lines(d / AUDIT_FILE), read_heads(d / HEADS_FILE), public_key)
+    return verify_lines(*snapshot(d / AUDIT_FILE, d / HEADS_FILE), public_key)
 
 
 def export(data_dir: Path, out: Path, hub_id: str = "") -> dict[str, Any]:
     """Write the entries verbatim after a header line (hub id, size, root, the heads held here)."""
     d = Path(data_dir)
-    lines = read_lines(d / AUDIT_FILE)
-    heads = read_heads(d / HEADS_FILE)
+    lines, heads = snapshot(d / AUDIT_FILE, d / HEADS_FILE)
     header = {"format": EXPORT_MAGIC, "hub_id": hub_id, "size": len(lines),
               "root": tree_root([leaf_hash(x) for x in lines]).hex(), "heads": heads}
     tmp = out.with_name(out.name + ".tmp")
