@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from fieldhub import __version__
+from fieldhub.core import audit, profiles
 from fieldhub.core import config as configmod
-from fieldhub.core import profiles
 from fieldhub.core.component import Component, ComponentSpec, HubContext, command_prefix, load_object
 from fieldhub.core.config import Config
 from fieldhub.core.control import SOCKET_NAME, ControlServer
@@ -124,6 +124,8 @@ class Hub:
         (self.data_dir / HUB_INFO_FILE).write_bytes(orjson.dumps(info))
         self.oplog.write("info", "hub_started", f"hub {self.config.hub.id} started (v{__version__})",
                          f"hub {self.config.hub.id} 已启动", pid=os.getpid())
+        audit.record(self.data_dir, "hub", "hub.start", self.config.hub.id,
+                     **audit.config_summary(self.config, self.components))
         name = "control socket"
         try:
             self.control.start()
@@ -180,6 +182,7 @@ class Hub:
         if clean:
             self.oplog.write("info", "hub_stopped", f"hub {self.config.hub.id} stopped cleanly",
                              f"hub {self.config.hub.id} 已正常停止")
+            audit.record(self.data_dir, "hub", "hub.stop", self.config.hub.id, clean=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

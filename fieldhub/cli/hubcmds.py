@@ -10,6 +10,7 @@ import orjson
 
 from fieldhub import __version__
 from fieldhub.cli.common import emit_json, emit_json_lines, example, hub_options, json_option, local_time
+from fieldhub.core import audit
 from fieldhub.core import config as configmod
 from fieldhub.core.errors import FieldhubError, HubNotRunning
 from fieldhub.core.oplog import OpLog
@@ -219,4 +220,5 @@ def consumers_drop(cfg: configmod.Config, name: str) -> None:
             log.close()
         oplog.write("warning", "consumer_dropped", f"consumer {name} dropped by the operator",
                     f"操作员删除了消费者 {name}")
+        audit.record(cfg.data_dir, audit.operator(), "consumer.drop", name)
     click.echo(f"dropped consumer {name}; what only it still needed is compacted away")

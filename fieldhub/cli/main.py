@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from fieldhub import __version__
+from fieldhub.cli import audit as auditcmds
 from fieldhub.cli import demo, devices, hubcmds, influx, mavlink, mqtt, quarantine, query, replay, serial, sl651, uplink
 from fieldhub.cli import keys as keycmds
 from fieldhub.cli.common import EPILOG_WIDTH, HubGroup
@@ -68,3 +69,5 @@ mqtt.provision.add_command(uplink.provision_center_broker)
 sim.add_command(uplink.sim_link)
 # command keys and authority (issue 14)
 main.add_command(keycmds.keys)
+# the audit log: show, verify, export, heads (issue 14)
+main.add_command(auditcmds.audit)

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from fieldhub.cli.common import emit_json, example, hub_options, json_option
+from fieldhub.core import audit
 from fieldhub.core.config import Config
 from fieldhub.core.errors import FieldhubError, HubNotRunning
 
@@ -60,6 +61,7 @@ def drone(cfg: Config, drone_id: str, action: str, args: tuple[str, ...], as_jso
         raise click.UsageError(f"{action} takes no arguments")
     m = cfg.mavlink
     wait = m.command_timeout * m.command_attempts + m.command_progress_timeout + 10
+    audit.record(cfg.data_dir, audit.operator(), f"drone.{action}", drone_id, args=list(args))
     result = _call(cfg.data_dir, "drone.command",
                    {"drone": drone_id, "action": action, "args": list(args)}, timeout=wait)
     if as_json:

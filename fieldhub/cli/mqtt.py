@@ -8,6 +8,7 @@ import click
 import orjson
 
 from fieldhub.cli.common import emit_json, example, hub_options, json_option, local_time, open_registry
+from fieldhub.core import audit
 from fieldhub.core.config import Config
 from fieldhub.core.errors import FieldhubError, HubNotRunning, ValidationError
 
@@ -54,6 +55,8 @@ def quarantine_readmit(cfg: Config, qids: tuple[int, ...], reason: str | None, d
             raise
         raise FieldhubError("the running hub has no MQTT ingest ([mqtt] broker unset); "
                             "stop it or configure MQTT / 运行中的 hub 未启用 MQTT") from None
+    audit.record(cfg.data_dir, audit.operator(), "quarantine.readmit", device or "", qids=list(qids), reason=reason,
+                 matched=result["matched"], readmitted=result["readmitted"])
     if as_json:
         emit_json(result)
         return
@@ -131,6 +134,8 @@ def provision_device(cfg: Config, device_id: str, kind: str, admin_code: str, mo
     password = new_password()
     files = BrokerFiles(_broker_dir(cfg, broker_dir))
     files.set_passwords({device_id: password})
+    audit.record(cfg.data_dir, audit.operator(), "provision.device", device_id, kind=dev.kind,
+                 admin_code=dev.admin_code, rotate=rotate)  # never the password
     out = {"id": dev.id, "kind": dev.kind, "admin_code": dev.admin_code, "level": dev.level,
            "username": device_id, "password": password, "publish": f"fh/{device_id}/up/#",
            "subscribe": f"fh/{device_id}/down/#", "password_file": str(files.passwd),
@@ -173,6 +178,7 @@ def provision_fleet(cfg: Config, count: int, prefix: str, admin_code: str, cred_
         f"{d.id},{d.kind},{d.admin_code},,{d.unit},," + "\n" for d in devices)
     reg.import_csv(csv_text, replace=True, source="provision fleet")
     BrokerFiles(_broker_dir(cfg, broker_dir)).set_passwords({c["id"]: c["password"] for c in creds})
+    audit.record(cfg.data_dir, audit.operator(), "provision.fleet", f"{prefix}*", count=count, admin_code=admin_code)
     fd = os.open(cred_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(orjson.dumps(creds))

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from fieldhub.cli.common import emit_json, example, hub_options, json_option
+from fieldhub.core import audit
 from fieldhub.core.config import Config
 from fieldhub.core.errors import FieldhubError, TransportError
 from firmware_profiles import FAMILIES
@@ -213,6 +214,7 @@ def bd_send(cfg: Config, dest: str, text: str, encoding: str | None, express: bo
 
     args = {"dest": dest, "text": text, "encoding": encoding, "express": express, "device": device,
             "no_wait": no_wait}
+    audit.record(cfg.data_dir, audit.operator(), "bd.send", dest, **args, port=url)
     if url:
         res = _direct("beidou_rdss", url, profile, device,
                       lambda s: s.send(dest, text, encoding or "", express, wait=not no_wait))
@@ -252,6 +254,7 @@ def tiantong_send(cfg: Config, number: str, text: str, mode: str | None, device:
     """
     from fieldhub.core import control
 
+    audit.record(cfg.data_dir, audit.operator(), "tiantong.send", number, text=text, mode=mode, device=device, port=url)
     if url:
         res = _direct("tiantong", url, profile, device, lambda s: s.send_sms(number, text, mode or ""))
     else:
@@ -282,6 +285,7 @@ def dmr_text(cfg: Config, dest: str, text: str, src: str, device: str, as_json: 
     """Send a text message to a radio through the hub's DMR gateway port (Hytera TMP)."""
     from fieldhub.core import control
 
+    audit.record(cfg.data_dir, audit.operator(), "dmr.text", dest, text=text, src=src, device=device)
     res = control.call(cfg.data_dir, "serial.send", {"device": device, "command": {
         "cmd": "text", "dest": dest, "src": src, "text": text}})
     if as_json:
@@ -321,6 +325,7 @@ def ptz(cfg: Config, command: str, speed: int, preset: int, value: float | None,
             raise click.BadParameter(f"{value:g} is outside {lo:g} to {hi:g} for {command} / 超出范围",
                                      param_hint="--value")
 
+    audit.record(cfg.data_dir, audit.operator(), f"ptz.{command}", device, speed=speed, preset=preset, value=value)
     res = control.call(cfg.data_dir, "serial.ptz", {"device": device, "command": {
         "cmd": command, "speed": speed, "preset": preset, "value": value}})
     if as_json:

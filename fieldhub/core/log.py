@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import orjson
 
-from fieldhub.core import body
+from fieldhub.core import audit, body
 from fieldhub.core.db import connect
 from fieldhub.core.errors import DiskFullError, StorageError
 from fieldhub.core.logview import Entry, LogView
@@ -600,6 +600,8 @@ class DurableLog:
                              f"low-priority records ({detail})",
                              f"达到磁盘上限 {self.disk_cap} 字节：已淘汰 {total} 条最旧的低优先级记录（{detail}）",
                              evicted=evicted)
+            audit.record(self.path.parent, "hub", "log.evict", self.path.name, evicted=evicted,
+                         disk_cap=self.disk_cap)
         if used + incoming > cap:
             self.stats["disk_full"] += 1
             self.oplog.write("error", "disk_cap_full",
