@@ -12,6 +12,10 @@ probability ``corrupt`` a report is preceded by a corrupted copy (one body byte 
 CRC fails), which the center must leave unanswered.
 
 One thread (a ``Worker``) runs a ``selectors`` loop over every DTU connection.
+
+Beidou (``beidou``: a started ``RdssSim``): the stations report over Beidou instead — each report
+is an M1 frame (no confirm) delivered by the simulated RDSS module as a ``$BDTXR`` short message
+in code (HEX) mode from the station's card; the hourly report (over 98 bytes) is not sent.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from drivers import sl651
+from drivers import beidou_rdss, sl651
+from drivers.sentence import sentence
 from fieldhub.core.backoff import Backoff
 from fieldhub.core.worker import Worker
 
@@ -58,6 +63,10 @@ class SimOptions:
     #: the simulated clock's start (station local time, UTC+8); default: now, on a 5-minute boundary
     start: datetime | None = None
     seed: int = 651
+    #: a started simulators.rdss.RdssSim: report as Beidou short messages through it, not over TCP
+    beidou: Any = None
+    #: Beidou: the first station's card number (the others follow)
+    card: int = 300000
 
 
 @dataclass
@@ -106,7 +115,7 @@ class Sl651Fleet:
                          for i in range(opts.stations)]
         self.stats: dict[str, int] = {k: 0 for k in (
             "generated", "sent", "resends", "confirmed", "unexpected_replies", "keepalives", "corrupt_sent",
-            "connects", "connect_failures", "disconnects", "alarms", "hourly", "timed")}
+            "connects", "connect_failures", "disconnects", "alarms", "hourly", "timed", "beidou_sent")}
         #: every report generated: (station, fc, observation time) in generation order
         self.generated: list[tuple[str, int, datetime]] = []
         #: reports confirmed by the center: (station, fc, observation time)
@@ -200,7 +209,7 @@ class Sl651Fleet:
         if rain >= self.opts.alarm_mm:
             due.append((0x33, bytes.fromhex("2019") + _bcd(rain, 1, 3) + bytes.fromhex("3923")
                         + _bcd(st.level, 3, 4)))
-        if len(st.rain_hour) == 12:
+        if len(st.rain_hour) == 12 and self.opts.beidou is None:
             f4 = bytes(min(254, round(r * 10)) for r in st.rain_hour)
             f5 = b"".join(min(65534, round(v * 100)).to_bytes(2, "big") for v in st.level_hour)
             due.append((0x34, bytes.fromhex("F460") + f4 + bytes.fromhex("F5C0") + f5 + common))
@@ -240,6 +249,12 @@ class Sl651Fleet:
                         self._flush(st)
 
     def _tick(self, st: Station, now: float) -> None:
+        if self.opts.beidou is not None:
+            while st.queue:
+                p = st.queue.pop(0)
+                self.opts.beidou.emit(beidou_txr(str(self.opts.card + st.index), p.frame))
+                self.stats["beidou_sent"] += 1
+            return
         if st.sock is None:
             if (st.queue or self._generating) and now >= st.retry_at:
                 self._connect(st)
@@ -360,6 +375,11 @@ class Sl651Fleet:
                     self._send_report(st, st.queue[0], time.monotonic())
             else:
                 self.stats["unexpected_replies"] += 1
+
+
+def beidou_txr(card: str, frame: bytes) -> bytes:
+    """The ``$BDTXR`` sentence an RDSS module outputs for a short message carrying ``frame`` in code mode."""
+    return sentence(b"BDTXR,1,%s,%d,,%s" % (card.encode(), beidou_rdss.ENC_CODE, frame.hex().upper().encode()))
 
 
 def _bcd(value: float, decimals: int, width: int) -> bytes:

@@ -62,11 +62,15 @@ def stations(cfg: Config, as_json: bool) -> None:
               help="Share of reports preceded by a corrupted copy (bad CRC).")
 @click.option("--first", default=0, show_default=True, help="First station number (address 00 + 8 digits).")
 @click.option("--drain", default=30.0, show_default=True, help="After --seconds, wait up to N s for confirms.")
+@click.option("--beidou", "beidou_link", metavar="PORT", type=click.Path(dir_okay=False),
+              help="Report as Beidou short messages instead: a simulated RDSS module appears at PORT "
+                   "(a pty link; point a [serial] beidou_rdss port at it). Station cards from 300000.")
 @click.option("--seed", default=651, show_default=True)
 @json_option
-@example("fieldhub sim sl651 --stations 200 --rate 0.5 --hub 127.0.0.1:5651 --seconds 60 --json")
+@example("fieldhub sim sl651 --stations 200 --rate 0.5 --hub 127.0.0.1:5651 --seconds 60 --json\n"
+         "fieldhub sim sl651 --stations 5 --rate 0.1 --beidou /tmp/ttyBD --seconds 120")
 def sim_sl651(stations: int, rate: float, hub_addr: str, seconds: float, keepalive: float, confirm_timeout: float,
-              corrupt: float, first: int, drain: float, seed: int, as_json: bool) -> None:
+              corrupt: float, first: int, drain: float, beidou_link: str | None, seed: int, as_json: bool) -> None:
     """Run N simulated SL651 stations (TCP DTUs, M2 confirm mode) against the hub.
 
     Timed (32), hourly (34, with F4/F5 series) and added/alarm (33) reports, a rain-burst pattern,
@@ -80,9 +84,20 @@ def sim_sl651(stations: int, rate: float, hub_addr: str, seconds: float, keepali
     host, sep, port = hub_addr.rpartition(":")
     if not sep or not port.isdigit():
         raise click.BadParameter(f"{hub_addr!r}: HOST:PORT / 格式应为 主机:端口", param_hint="--hub")
+    rdss = None
+    if beidou_link:
+        from simulators.rdss import RdssSim
+
+        try:
+            rdss = RdssSim(beidou_link).start()
+        except OSError as exc:
+            raise FieldhubError(f"cannot create the Beidou module at {beidou_link}: {exc.strerror or exc} "
+                                f"/ 无法创建北斗模块 {beidou_link}") from None
+        if not as_json:
+            click.echo(f"simulated RDSS module at {rdss.path} 北斗模块已就绪")
     fleet = Sl651Fleet(SimOptions(host=host or "127.0.0.1", port=int(port), stations=stations, rate=rate,
                                   seconds=seconds, keepalive=keepalive, confirm_timeout=confirm_timeout,
-                                  corrupt=corrupt, first=first, seed=seed)).start()
+                                  corrupt=0.0 if rdss else corrupt, first=first, seed=seed, beidou=rdss)).start()
     try:
         while seconds <= 0 or fleet.summary()["generated"] == 0 or fleet.generating:
             time.sleep(0.2)
@@ -91,6 +106,9 @@ def sim_sl651(stations: int, rate: float, hub_addr: str, seconds: float, keepali
     drained = fleet.drain(drain)
     result = {**fleet.summary(), "drained": drained}
     fleet.stop()
+    if rdss is not None:
+        time.sleep(0.5)                        # let the module's last messages reach the hub
+        rdss.stop()
     if as_json:
         emit_json(result)
         return
