@@ -227,6 +227,8 @@ class Header:
     body: bytes              # between the start char (and M3 packet field) and the end char
     total: int = 0           # M3 packets: total and sequence (0 when not M3)
     seq: int = 0
+    #: an M3 set reassembled by ``assemble`` (body = every packet's body, in order)
+    assembled: bool = False
 
     @property
     def function(self) -> str:
@@ -559,7 +561,7 @@ class Sl651Parser:
         prio = FUNCTIONS.get(hdr.fc, ("", None))[1]
         if prio is None:
             prio = Priority.TELEMETRY
-        if hdr.start == SYN and hdr.seq > 1:
+        if hdr.start == SYN and hdr.seq > 1 and not hdr.assembled:
             # an M3 continuation packet: raw bytes until the set is reassembled
             return [Record.make("sl651_packet", ctx.device_id, ctx.now_ns,
                                 {"total": hdr.total, "seq": hdr.seq, "bytes": len(hdr.body),
@@ -591,13 +593,47 @@ class Sl651Parser:
             if "manual" in rep.extra:
                 fields["manual"] = rep.extra["manual"]
             if "picture_bytes" in rep.extra:
-                fields.update(total=hdr.total, seq=hdr.seq, bytes=rep.extra["picture_bytes"],
-                              data=rep.extra["picture"].hex().upper())
-            kind = "sl651_packet" if "picture_bytes" in rep.extra else "sl651_report"
+                pic = rep.extra["picture"]
+                fields.update(total=hdr.total, seq=hdr.seq, bytes=rep.extra["picture_bytes"], data=pic.hex().upper())
+                if hdr.assembled:
+                    fields.update(packets=hdr.total, format="jpeg" if pic[:2] == b"\xff\xd8" else "raw")
+                    del fields["seq"]
+            kind = "sl651_report"
+            if "picture_bytes" in rep.extra:
+                kind = "sl651_picture" if hdr.assembled else "sl651_packet"
             out.append(Record.make(kind, ctx.device_id, rep.send_ns, fields, tags=base_tags,
-                                   priority=Priority.BULK if kind == "sl651_packet" else prio,
+                                   priority=Priority.BULK if kind != "sl651_report" else prio,
                                    source=src, key=f"{key}:x"))
         return out
+
+
+# --------------------------------------------------------------------------------------------------
+# M3 multi-packet sets
+
+def assemble(packets: Mapping[int, Header]) -> Header:
+    """One header whose body is the set's packets in order (only packet 1 has the serial and
+    send time); ProtocolError unless packets 1..total are all there and agree."""
+    first = packets.get(1)
+    if first is None or first.start != SYN or first.total < 1:
+        raise ProtocolError("M3 set without its first packet")
+    missing = [k for k in range(1, first.total + 1) if k not in packets]
+    if missing:
+        raise ProtocolError(f"M3 set misses packets {missing[:10]}")
+    if any(p.station != first.station or p.fc != first.fc or p.total != first.total for p in packets.values()):
+        raise ProtocolError("M3 packets of different sets")
+    body = b"".join(packets[k].body for k in range(1, first.total + 1))
+    return Header(first.encoding, True, first.center, first.station, first.password, first.fc, SYN,
+                  packets[first.total].end, body, first.total, first.total, assembled=True)
+
+
+def nak_for(first: Header | None, station: str, center: int, password: int, fc: int, total: int, seq: int,
+            now: datetime | None = None) -> bytes:
+    """The downlink NAK asking for M3 packet ``seq`` again: packet field (total, seq), the set's serial
+    when its first packet arrived (else 0), end NAK (HEX encoding)."""
+    serial = first.body[:2] if first is not None and len(first.body) >= 2 else b"\x00\x00"
+    t = now or datetime.now(timezone(timedelta(hours=8)))
+    return build_frame(center=center, station=station, password=password, fc=fc, body=serial + time_bcd(t),
+                       end=NAK, uplink=False, packet=(total, seq))
 
 
 # --------------------------------------------------------------------------------------------------
