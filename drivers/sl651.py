@@ -8,6 +8,7 @@ high byte first. The framer resynchronises on length + CRC, never on ``7E7E`` al
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -287,7 +288,11 @@ def bcd_digits(b: bytes) -> str:
 def bcd_value(data: bytes, decimals: int) -> float | int | None:
     """A BCD value with an ``FF`` negative sign; None for a no-data filler (all F or all A);
     ProtocolError for other non-decimal digits."""
-    digits = data.hex().upper()
+    digits = data.hex()
+    if digits.isdigit():                         # the common case: plain BCD
+        v = int(digits)
+        return round(v / 10 ** decimals, decimals) if decimals else v
+    digits = digits.upper()
     if not digits or set(digits) <= {"F"} or set(digits) <= {"A"}:
         return None
     neg = False
@@ -301,6 +306,7 @@ def bcd_value(data: bytes, decimals: int) -> float | int | None:
     return round(v / 10 ** decimals, decimals) if decimals else v
 
 
+@functools.lru_cache(maxsize=4096)   # one observation time is shared by a whole fleet's reports
 def bcd_time(data: bytes, utc_offset_h: float) -> int:
     """YYMMDDHHmm[SS] in BCD (station local time) -> ns UTC; ProtocolError when not a time."""
     d = data.hex()
@@ -314,6 +320,7 @@ def bcd_time(data: bytes, utc_offset_h: float) -> int:
     return int(t.timestamp()) * 1_000_000_000
 
 
+@functools.lru_cache(maxsize=1024)
 def field_name(guide: int, sub: int | None = None) -> tuple[str, str]:
     """(record field name, unit) for an element guide byte (``FFxx``: sub byte)."""
     if guide == 0xFF:
