@@ -71,18 +71,21 @@ quarantine_per_minute = 100000
 """)
     hub = _spawn_hub(conf)
     _server_status(data)
-    fleet = Sl651Fleet(SimOptions(port=port, stations=STATIONS, rate=2.0, confirm_timeout=3.0, corrupt=0.02,
+    fleet = Sl651Fleet(SimOptions(port=port, stations=STATIONS, rate=2.0, confirm_timeout=30.0, corrupt=0.02,
                                   keepalive=1.0, start=datetime(2025, 7, 15, 0, 0, tzinfo=CST))).start()
     try:
         time.sleep(5)
         confirmed_before = list(fleet.confirmed)
-        hub.send_signal(signal.SIGSTOP)       # every station now has a report in flight, none confirmed
+        fleet.deaf = True                     # confirms lost on the way: reports durable, stations unaware
+        time.sleep(1.0)
+        hub.send_signal(signal.SIGSTOP)       # and now reports are sent that the hub never reads
         time.sleep(0.7)
         hub.kill()
         hub.wait(10)
         t_dead = time.monotonic()
         assert fleet.unconfirmed() >= STATIONS // 2
         time.sleep(1.0)                       # stations reconnect in vain, queue what falls due
+        fleet.deaf = False
         hub = _spawn_hub(conf)
         # what the stations saw confirmed before the kill was durable: it survived the kill
         stored = Counter(_hydro_keys(data))
@@ -91,6 +94,7 @@ quarantine_per_minute = 100000
         _server_status(data)
         time.sleep(5)
         assert fleet.drain(90), fleet.summary()
+        time.sleep(1.6)                       # idle stations send keep-alives, which get no answer
         summary = fleet.summary()
         status = _server_status(data)
     finally:
@@ -107,8 +111,10 @@ quarantine_per_minute = 100000
     assert summary["confirmed"] == summary["generated"] == len(stored)
     assert summary["unexpected_replies"] == 0              # no confirm for a corrupt frame, none twice
     assert summary["resends"] >= STATIONS // 2             # the reports in flight at the kill were resent
+    # ... among them the ones made durable whose confirms were lost: deduplicated by record id
+    assert status["duplicates"] >= summary["replies_lost"] >= STATIONS // 2
     assert {fc for _, fc, _ in generated} == {0x32, 0x33, 0x34}
-    assert summary["keepalives"] > 0 and summary["corrupt_sent"] > 0
+    assert summary["keepalives"] >= STATIONS and status["keepalives"] >= STATIONS and summary["corrupt_sent"] > 0
     # corrupt frames sent to the restarted hub: each counted there, none stored
     assert status["bad_frames"] == fleet.corrupt_since(t_dead) > 0
     print(f"\nsl651 sim through kill -9: {summary['generated']} reports from {STATIONS} stations stored once; "
