@@ -608,7 +608,8 @@ class Sl651Parser:
             kind = "sl651_report"
             if "picture_bytes" in rep.extra:
                 kind = "sl651_picture" if hdr.assembled else "sl651_packet"
-            out.append(Record.make(kind, ctx.device_id, rep.send_ns, fields, tags=base_tags,
+            ts = rep.groups[-1].obs_ns if kind == "sl651_picture" and rep.groups else rep.send_ns
+            out.append(Record.make(kind, ctx.device_id, ts, fields, tags=base_tags,
                                    priority=Priority.BULK if kind != "sl651_report" else prio,
                                    source=src, key=f"{key}:x"))
         return out

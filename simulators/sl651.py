@@ -56,6 +56,8 @@ class SimOptions:
     confirm_timeout: float = 10.0
     corrupt: float = 0.01
     alarm_mm: float = 5.0
+    #: every this many slots a station sends a picture (function 36) as an M3 multi-packet set; 0 = never
+    picture_every: int = 24
     center: int = 1
     password: int = 0
     #: first station number (addresses ``00`` + 8 digits from here)
@@ -77,6 +79,8 @@ class Pending:
     frame: bytes
     sends: int = 0
     sent_at: float = 0.0
+    #: an M3 set (a picture): its packets, sent in place of ``frame``
+    packets: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -115,7 +119,8 @@ class Sl651Fleet:
                          for i in range(opts.stations)]
         self.stats: dict[str, int] = {k: 0 for k in (
             "generated", "sent", "resends", "confirmed", "unexpected_replies", "keepalives", "corrupt_sent",
-            "connects", "connect_failures", "disconnects", "alarms", "hourly", "timed", "beidou_sent", "replies_lost")}
+            "connects", "connect_failures", "disconnects", "alarms", "hourly", "timed", "beidou_sent",
+            "replies_lost", "pictures", "packets_sent", "naks", "nak_resends")}
         #: every report generated: (station, fc, observation time) in generation order
         self.generated: list[tuple[str, int, datetime]] = []
         #: reports confirmed by the center: (station, fc, observation time)
@@ -222,6 +227,27 @@ class Sl651Fleet:
             self.generated.append((st.address, fc, st.clock))
             self.stats["generated"] += 1
             self.stats[{0x32: "timed", 0x33: "alarms", 0x34: "hourly"}[fc]] += 1
+        every = self.opts.picture_every
+        if every and self.opts.beidou is None and st.slot % every == 0:
+            serial = self._next_serial(st)
+            pic = picture(st.rng, st.rng.randint(1500, 4000))
+            st.queue.append(Pending(0x36, serial, st.clock, b"", packets=self._picture(st, serial, pic)))
+            self.generated.append((st.address, 0x36, st.clock))
+            self.stats["generated"] += 1
+            self.stats["pictures"] += 1
+
+    def _picture(self, st: Station, serial: int, pic: bytes, chunk: int = 256) -> list[bytes]:
+        """A picture as an M3 set (Tables 22/23): packet 1 has serial, send time, F1F1, F0F0 and F3F3
+        before the first bytes; later packets carry bytes only; ETB on all but the last (ETX)."""
+        head = (serial.to_bytes(2, "big") + sl651.time_bcd(datetime.now(CST))
+                + bytes.fromhex("F1F1" + st.address + "48") + bytes.fromhex("F0F0")
+                + sl651.time_bcd(st.clock, seconds=False) + bytes.fromhex("F3F3"))
+        chunks = [pic[i:i + chunk] for i in range(0, len(pic), chunk)]
+        n = len(chunks)
+        return [sl651.build_frame(center=self.opts.center, station=st.address, password=self.opts.password,
+                                  fc=0x36, body=(head if k == 0 else b"") + c,
+                                  end=sl651.ETX if k == n - 1 else sl651.ETB, packet=(n, k + 1))
+                for k, c in enumerate(chunks)]
 
     # ------------------------------------------------------------------------------ loop
     def _run(self, stop: threading.Event) -> None:
@@ -276,6 +302,20 @@ class Sl651Fleet:
     def _send_report(self, st: Station, p: Pending, now: float) -> None:
         if p.sends:
             self.stats["resends"] += 1
+        if p.packets:
+            bad_k = st.rng.randrange(1, len(p.packets) - 1) if (len(p.packets) > 2
+                                                               and st.rng.random() < self.opts.corrupt) else -1
+            for k, packet in enumerate(p.packets):
+                if k == bad_k:                                # corrupted on the way: the center NAKs it
+                    packet = packet[:40] + bytes((packet[40] ^ 0x5A,)) + packet[41:]
+                    self.stats["corrupt_sent"] += 1
+                    self.corrupt_log.append(st.conn_opened)
+                self._send(st, packet)
+                self.stats["packets_sent"] += 1
+            p.sends += 1
+            p.sent_at = now
+            self.stats["sent"] += 1
+            return
         if st.rng.random() < self.opts.corrupt:
             bad = bytearray(p.frame)
             bad[24] ^= 0x5A                                   # a body byte (F1F1 area): the CRC fails
@@ -371,6 +411,15 @@ class Sl651Fleet:
                 continue
             hdr = sl651.decode_header(frame.raw)
             p = st.queue[0] if st.queue else None
+            if (p is not None and p.packets and not hdr.uplink and hdr.end == sl651.NAK and hdr.fc == p.fc
+                    and 1 <= hdr.seq <= len(p.packets)):
+                self.stats["naks"] += 1                       # resend that packet alone, ending ETX
+                bad = sl651.decode_header(p.packets[hdr.seq - 1])
+                self._send(st, sl651.build_frame(center=bad.center, station=bad.station, password=bad.password,
+                                                 fc=bad.fc, body=bad.body, end=sl651.ETX,
+                                                 packet=(bad.total, bad.seq)))
+                self.stats["nak_resends"] += 1
+                continue
             if (p is not None and p.sends and not hdr.uplink and hdr.fc == p.fc
                     and hdr.body[:2] == p.serial.to_bytes(2, "big") and hdr.end in (sl651.EOT, sl651.ESC)):
                 st.queue.pop(0)
@@ -380,6 +429,11 @@ class Sl651Fleet:
                     self._send_report(st, st.queue[0], time.monotonic())
             else:
                 self.stats["unexpected_replies"] += 1
+
+
+def picture(rng: random.Random, n: int) -> bytes:
+    """``n`` bytes that start and end like a JPEG (FFD8 ... FFD9)."""
+    return b"\xff\xd8" + rng.randbytes(n - 4) + b"\xff\xd9"
 
 
 def beidou_txr(card: str, frame: bytes) -> bytes:

@@ -43,7 +43,7 @@ def _server_status(data: Path, timeout: float = 30.0) -> dict:
 def _hydro_keys(data: Path) -> list[tuple[str, int, int]]:
     with LogView.open(data / LOG_FILE) as view:
         return [(e.record.tags["station"], int(e.record.tags["fc"], 16), e.record.ts)
-                for e in view.read({}, limit=1_000_000) if e.record.kind == "hydro"]
+                for e in view.read({}, limit=1_000_000) if e.record.kind in ("hydro", "sl651_picture")]
 
 
 def _ns(obs: datetime) -> int:
@@ -72,7 +72,7 @@ quarantine_per_minute = 100000
     hub = _spawn_hub(conf)
     _server_status(data)
     fleet = Sl651Fleet(SimOptions(port=port, stations=STATIONS, rate=2.0, confirm_timeout=30.0, corrupt=0.02,
-                                  keepalive=1.0, start=datetime(2025, 7, 15, 0, 0, tzinfo=CST))).start()
+                                  keepalive=1.0, picture_every=12, start=datetime(2025, 7, 15, 0, 0, tzinfo=CST))).start()
     try:
         time.sleep(5)
         confirmed_before = list(fleet.confirmed)
@@ -113,13 +113,15 @@ quarantine_per_minute = 100000
     assert summary["resends"] >= STATIONS // 2             # the reports in flight at the kill were resent
     # ... among them the ones made durable whose confirms were lost: deduplicated by record id
     assert status["duplicates"] >= summary["replies_lost"] >= STATIONS // 2
-    assert {fc for _, fc, _ in generated} == {0x32, 0x33, 0x34}
+    assert {fc for _, fc, _ in generated} == {0x32, 0x33, 0x34, 0x36}     # 36: pictures in M3 sets
+    assert summary["pictures"] >= 2 * STATIONS and summary["naks"] == summary["nak_resends"] > 0
     assert summary["keepalives"] >= STATIONS and status["keepalives"] >= STATIONS and summary["corrupt_sent"] > 0
     # corrupt frames sent to the restarted hub: each counted there, none stored
     assert status["bad_frames"] == fleet.corrupt_since(t_dead) > 0
     print(f"\nsl651 sim through kill -9: {summary['generated']} reports from {STATIONS} stations stored once; "
           f"resends {summary['resends']}, duplicates seen by the restarted hub {status['duplicates']}, "
-          f"corrupt {summary['corrupt_sent']}")
+          f"corrupt {summary['corrupt_sent']}, pictures {summary['pictures']} "
+          f"({summary['packets_sent']} packets, {summary['naks']} NAKed packets resent)")
 
 
 def test_sim_cli_json(tmp_path: Path) -> None:

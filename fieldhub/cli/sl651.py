@@ -60,6 +60,8 @@ def stations(cfg: Config, as_json: bool) -> None:
 @click.option("--confirm-timeout", default=10.0, show_default=True, help="Resend an unconfirmed report after N s.")
 @click.option("--corrupt", default=0.01, show_default=True, type=click.FloatRange(0, 1),
               help="Share of reports preceded by a corrupted copy (bad CRC).")
+@click.option("--picture-every", default=24, show_default=True, type=click.IntRange(min=0),
+              help="Every N reports a station sends a picture (36) as an M3 multi-packet set (0 = never).")
 @click.option("--first", default=0, show_default=True, help="First station number (address 00 + 8 digits).")
 @click.option("--drain", default=30.0, show_default=True, help="After --seconds, wait up to N s for confirms.")
 @click.option("--beidou", "beidou_link", metavar="PORT", type=click.Path(dir_okay=False),
@@ -70,11 +72,13 @@ def stations(cfg: Config, as_json: bool) -> None:
 @example("fieldhub sim sl651 --stations 200 --rate 0.5 --hub 127.0.0.1:5651 --seconds 60 --json\n"
          "fieldhub sim sl651 --stations 5 --rate 0.1 --beidou /tmp/ttyBD --seconds 120")
 def sim_sl651(stations: int, rate: float, hub_addr: str, seconds: float, keepalive: float, confirm_timeout: float,
-              corrupt: float, first: int, drain: float, beidou_link: str | None, seed: int, as_json: bool) -> None:
+              corrupt: float, picture_every: int, first: int, drain: float, beidou_link: str | None, seed: int,
+              as_json: bool) -> None:
     """Run N simulated SL651 stations (TCP DTUs, M2 confirm mode) against the hub.
 
     Timed (32), hourly (34, with F4/F5 series) and added/alarm (33) reports, a rain-burst pattern,
-    keep-alives (2F), occasional corrupt frames; an unconfirmed report is resent. Register the
+    pictures (36) as M3 multi-packet sets, keep-alives (2F), occasional corrupt frames (a NAKed
+    picture packet is resent); an unconfirmed report is resent. Register the
     stations first: their addresses are 00 + 8 digits from --first (0000000000, 0000000001, ...).
     """
     import time
@@ -97,7 +101,8 @@ def sim_sl651(stations: int, rate: float, hub_addr: str, seconds: float, keepali
             click.echo(f"simulated RDSS module at {rdss.path} 北斗模块已就绪")
     fleet = Sl651Fleet(SimOptions(host=host or "127.0.0.1", port=int(port), stations=stations, rate=rate,
                                   seconds=seconds, keepalive=keepalive, confirm_timeout=confirm_timeout,
-                                  corrupt=0.0 if rdss else corrupt, first=first, seed=seed, beidou=rdss)).start()
+                                  corrupt=0.0 if rdss else corrupt, picture_every=picture_every, first=first,
+                                  seed=seed, beidou=rdss)).start()
     try:
         while seconds <= 0 or fleet.summary()["generated"] == 0 or fleet.generating:
             time.sleep(0.2)
@@ -109,11 +114,15 @@ def sim_sl651(stations: int, rate: float, hub_addr: str, seconds: float, keepali
     if rdss is not None:
         time.sleep(0.5)                        # let the module's last messages reach the hub
         rdss.stop()
+    if result["connects"] == 0 and rdss is None:
+        click.echo(f"no hub answered at {hub_addr} (is [sl651] enabled and listening there?) "
+                   f"/ {hub_addr} 无 hub 应答", err=True)
     if as_json:
         emit_json(result)
         return
     click.echo(f"{result['stations']} stations generated {result['generated']} reports 已生成 (timed "
-               f"{result['timed']}, hourly {result['hourly']}, alarm {result['alarms']}); confirmed "
+               f"{result['timed']}, hourly {result['hourly']}, alarm {result['alarms']}, pictures "
+               f"{result['pictures']}); confirmed "
                f"{result['confirmed']} 已确认, unconfirmed {result['unconfirmed']}, resends {result['resends']}, "
                f"corrupt {result['corrupt_sent']}, keep-alives {result['keepalives']}, "
                f"connect failures {result['connect_failures']}")
