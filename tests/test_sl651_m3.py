@@ -132,3 +132,21 @@ def test_corrupted_and_missing_packets_are_naked_by_number(hub: Hub) -> None:
     assert r.kind == "sl651_picture" and bytes.fromhex(r.fields["data"]) == pic
     st = _server(hub).status()
     assert st["m3_naks"] == 2 and st["bad_frames"] == 1 and st["m3_sets"] == 1
+
+
+def test_unknown_station_set_quarantined_whole(hub: Hub) -> None:
+    pic = picture(2000, seed=3)
+    frames = [sl651.build_frame(center=1, station="0099999999", password=0, fc=0x36, body=h.body, end=h.end,
+                                packet=(h.total, h.seq)) for h in map(sl651.decode_header, packets(pic))]
+    dtu = Dtu(_server(hub).address)
+    try:
+        for f in frames:
+            dtu.send(f)
+        assert dtu.reply() is not None                 # confirmed once the quarantine entry is durable
+    finally:
+        dtu.close()
+    with LogView.open(hub.data_dir / LOG_FILE) as view:
+        (item,) = view.quarantine(source="sl651")
+        assert not [e for e in view.read({}, limit=100)]
+    assert item.reason == "unknown station" and item.meta["m3_packets"] == len(frames)
+    assert item.payload.endswith(pic) and bytes.fromhex(item.meta["records"][0]["fields"]["data"]) == pic

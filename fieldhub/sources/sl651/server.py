@@ -341,6 +341,9 @@ class Sl651Server:
             self.stats["unknown"] += 1
             meta = {"station": hdr.station, "peer": conn.peer, "fc": f"{hdr.fc:02X}",
                     "records": [r.to_dict() for r in records][:50]}
+            if hdr.assembled:                            # keep the whole set, not its last packet
+                raw = hdr.body
+                meta["m3_packets"] = hdr.total
             self.stats["quarantined"] += 1
             self.log.quarantine(SOURCE, "unknown station", raw, device_id=None, meta=meta,
                                 callback=self._after(conn, reply, hdr.station, None))
