@@ -339,8 +339,8 @@ class Sl651Server:
         self.stats["reports"] += 1
         if dev is None:
             self.stats["unknown"] += 1
-            meta = {"station": hdr.station, "peer": conn.peer, "fc": f"{hdr.fc:02X}",
-                    "records": [r.to_dict() for r in records][:50]}
+            meta: dict[str, Any] = {"station": hdr.station, "peer": conn.peer, "fc": f"{hdr.fc:02X}",
+                                    "records": [r.to_dict() for r in records][:50]}
             if hdr.assembled:                            # keep the whole set, not its last packet
                 raw = hdr.body
                 meta["m3_packets"] = hdr.total
