@@ -8,8 +8,9 @@ high byte first. The framer resynchronises on length + CRC, never on ``7E7E`` al
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -238,6 +239,8 @@ class Header:
     body: bytes              # between the start char (and M3 packet field) and the end char
     total: int = 0           # M3 packets: total and sequence (0 when not M3)
     seq: int = 0
+    #: an M3 set reassembled by ``assemble`` (body = every packet's body, in order)
+    assembled: bool = False
 
     @property
     def function(self) -> str:
@@ -296,7 +299,11 @@ def bcd_digits(b: bytes) -> str:
 def bcd_value(data: bytes, decimals: int) -> float | int | None:
     """A BCD value with an ``FF`` negative sign; None for a no-data filler (all F or all A);
     ProtocolError for other non-decimal digits."""
-    digits = data.hex().upper()
+    digits = data.hex()
+    if digits.isdigit():                         # the common case: plain BCD
+        v = int(digits)
+        return round(v / 10 ** decimals, decimals) if decimals else v
+    digits = digits.upper()
     if not digits or set(digits) <= {"F"} or set(digits) <= {"A"}:
         return None
     neg = False
@@ -310,6 +317,7 @@ def bcd_value(data: bytes, decimals: int) -> float | int | None:
     return round(v / 10 ** decimals, decimals) if decimals else v
 
 
+@functools.lru_cache(maxsize=4096)   # one observation time is shared by a whole fleet's reports
 def bcd_time(data: bytes, utc_offset_h: float) -> int:
     """YYMMDDHHmm[SS] in BCD (station local time) -> ns UTC; ProtocolError when not a time."""
     d = data.hex()
@@ -323,6 +331,7 @@ def bcd_time(data: bytes, utc_offset_h: float) -> int:
     return int(t.timestamp()) * 1_000_000_000
 
 
+@functools.lru_cache(maxsize=1024)
 def field_name(guide: int, sub: int | None = None) -> tuple[str, str]:
     """(record field name, unit) for an element guide byte (``FFxx``: sub byte)."""
     if guide == 0xFF:
@@ -570,7 +579,7 @@ class Sl651Parser:
         prio = FUNCTIONS.get(hdr.fc, ("", None))[1]
         if prio is None:
             prio = Priority.TELEMETRY
-        if hdr.start == SYN and hdr.seq > 1:
+        if hdr.start == SYN and hdr.seq > 1 and not hdr.assembled:
             # an M3 continuation packet: raw bytes until the set is reassembled
             return [Record.make("sl651_packet", ctx.device_id, ctx.now_ns,
                                 {"total": hdr.total, "seq": hdr.seq, "bytes": len(hdr.body),
@@ -602,13 +611,110 @@ class Sl651Parser:
             if "manual" in rep.extra:
                 fields["manual"] = rep.extra["manual"]
             if "picture_bytes" in rep.extra:
-                fields.update(total=hdr.total, seq=hdr.seq, bytes=rep.extra["picture_bytes"],
-                              data=rep.extra["picture"].hex().upper())
-            kind = "sl651_packet" if "picture_bytes" in rep.extra else "sl651_report"
-            out.append(Record.make(kind, ctx.device_id, rep.send_ns, fields, tags=base_tags,
-                                   priority=Priority.BULK if kind == "sl651_packet" else prio,
+                pic = rep.extra["picture"]
+                fields.update(total=hdr.total, seq=hdr.seq, bytes=rep.extra["picture_bytes"], data=pic.hex().upper())
+                if hdr.assembled:
+                    fields.update(packets=hdr.total, format="jpeg" if pic[:2] == b"\xff\xd8" else "raw")
+                    del fields["seq"]
+            kind = "sl651_report"
+            if "picture_bytes" in rep.extra:
+                kind = "sl651_picture" if hdr.assembled else "sl651_packet"
+            ts = rep.groups[-1].obs_ns if kind == "sl651_picture" and rep.groups else rep.send_ns
+            out.append(Record.make(kind, ctx.device_id, ts, fields, tags=base_tags,
+                                   priority=Priority.BULK if kind != "sl651_report" else prio,
                                    source=src, key=f"{key}:x"))
         return out
+
+
+# --------------------------------------------------------------------------------------------------
+# M3 multi-packet sets
+
+def assemble(packets: Mapping[int, Header]) -> Header:
+    """One header whose body is the set's packets in order (only packet 1 has the serial and
+    send time); ProtocolError unless packets 1..total are all there and agree."""
+    first = packets.get(1)
+    if first is None or first.start != SYN or first.total < 1:
+        raise ProtocolError("M3 set without its first packet")
+    missing = [k for k in range(1, first.total + 1) if k not in packets]
+    if missing:
+        raise ProtocolError(f"M3 set misses packets {missing[:10]}")
+    if any(p.station != first.station or p.fc != first.fc or p.total != first.total for p in packets.values()):
+        raise ProtocolError("M3 packets of different sets")
+    body = b"".join(packets[k].body for k in range(1, first.total + 1))
+    return Header(first.encoding, True, first.center, first.station, first.password, first.fc, SYN,
+                  packets[first.total].end, body, first.total, first.total, assembled=True)
+
+
+def nak_for(first: Header | None, station: str, center: int, password: int, fc: int, total: int, seq: int,
+            now: datetime | None = None) -> bytes:
+    """The downlink NAK asking for M3 packet ``seq`` again: packet field (total, seq), the set's serial
+    when its first packet arrived (else 0), end NAK (HEX encoding)."""
+    serial = first.body[:2] if first is not None and len(first.body) >= 2 else b"\x00\x00"
+    t = now or datetime.now(timezone(timedelta(hours=8)))
+    return build_frame(center=center, station=station, password=password, fc=fc, body=serial + time_bcd(t),
+                       end=NAK, uplink=False, packet=(total, seq))
+
+
+# --------------------------------------------------------------------------------------------------
+# Beidou short messages
+
+#: station address -> (device id, tags) of its registry device, or None when unknown
+StationLookup = Callable[[str], "tuple[str, dict[str, str]] | None"]
+
+
+def beidou_payload(hex_payload: str) -> bytes | None:
+    """The SL651 bytes inside a Beidou short message's payload (code/mixed mode: the frame's own
+    bytes; Chinese/text mode: the frame written as hex text), or None when it holds no SL651 frame."""
+    try:
+        raw = bytes.fromhex(hex_payload)
+    except ValueError:
+        return None
+    if raw[:4].upper() == b"7E7E":
+        try:
+            raw = bytes.fromhex(raw.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return raw if raw[:2] == HEX_START or raw[:1] == bytes((SOH,)) else None
+
+
+def beidou_records(msg: Record, lookup: StationLookup, parser: Sl651Parser | None = None
+                   ) -> tuple[list[Record], list[tuple[str, bytes, dict[str, Any]]]]:
+    """The records of the SL651 frames inside one ``bd_message`` record, decoded exactly as over TCP
+    (the same record ids, so a report that arrives both ways is stored once), tagged
+    ``channel=beidou`` and ``bd_sender``; and what to quarantine: (reason, bytes, meta) for a bad
+    frame or an unknown station (with its decoded records). ([], []) for an ordinary message."""
+    raw = beidou_payload(str(msg.fields.get("hex") or ""))
+    if raw is None:
+        return [], []
+    parser = parser or Sl651Parser()
+    sender = str(msg.fields.get("sender", ""))
+    frames = Sl651Framer().feed(raw) or [Frame(raw, ok=False, error="incomplete frame")]
+    out: list[Record] = []
+    rejects: list[tuple[str, bytes, dict[str, Any]]] = []
+    for frame in frames:
+        station = ""
+        try:
+            if not frame.ok:
+                raise ProtocolError(frame.error or "bad frame")
+            hdr = decode_header(frame.raw)
+            station = hdr.station
+            if not hdr.uplink:
+                raise ProtocolError("a downlink frame")
+            dev = lookup(hdr.station)
+            tags = {**(dev[1] if dev else {}), "channel": "beidou", "bd_sender": sender}
+            ctx = ParseContext(dev[0] if dev else f"sl651-{hdr.station}", msg.ts, tags=tags, source=SOURCE)
+            records = parser.records(hdr, ctx)
+        except (ProtocolError, ValidationError) as exc:
+            rejects.append((f"bad frame over Beidou: {exc}", frame.raw,
+                            {"bd_sender": sender, "station": station, "channel": "beidou"}))
+            continue
+        if dev is None:
+            rejects.append(("unknown station", frame.raw,
+                            {"station": hdr.station, "bd_sender": sender, "fc": f"{hdr.fc:02X}",
+                             "channel": "beidou", "records": [r.to_dict() for r in records][:50]}))
+            continue
+        out.extend(records)
+    return out, rejects
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import drivers
+from drivers import sl651
 from drivers.base import Frame, ParseContext
 from drivers.transport import open_transport
 from fieldhub.core import profiles
@@ -84,6 +85,8 @@ class Port:
         self.last_record_ns = 0
         #: when set, the device's tags are looked up again at every (re)connect
         self.registry: Registry | None = None
+        self._sl651_map: dict[str, tuple[str, dict[str, str]]] = {}
+        self._sl651_at = -1e9
         # the reader's loop is the transport's: transport.stop() ends it
         self._reader = Worker(f"serial-{self.device_id}", lambda stop: self.transport.run(self.on_data))
 
@@ -179,6 +182,8 @@ class Port:
                 continue
             self.counts["frames"] += 1
             out.extend(records)
+            if self.cfg.driver == "beidou_rdss":
+                out.extend(self._sl651(records))
             self.session.on_frame(frame, records)
         if out:
             self.counts["records"] += len(out)
@@ -188,6 +193,32 @@ class Port:
             except StorageError as exc:
                 self.counts["append_errors"] += 1
                 self.note("serial_append_failed", str(exc), f"写入日志失败：{exc}", level="error")
+
+    def _sl651(self, records: list[Record]) -> list[Record]:
+        """SL651 station reports inside Beidou short messages (HEX payloads), decoded as over TCP and
+        appended with the message itself; bad frames and unknown stations quarantined (issue 21)."""
+        out: list[Record] = []
+        for rec in records:
+            if rec.kind == "bd_message":
+                got, rejects = sl651.beidou_records(rec, self._sl651_station)
+                out.extend(got)
+                for reason, raw, meta in rejects:
+                    self.log.quarantine(sl651.SOURCE, reason, raw, device_id=None, meta=meta,
+                                        callback=lambda r, e: None)
+        return out
+
+    def _sl651_station(self, address: str) -> tuple[str, dict[str, str]] | None:
+        """The registry device whose transport ``sl651`` is this station address (map cached 5 s)."""
+        now = time.monotonic()
+        stale = now - self._sl651_at > 5.0 or (address not in self._sl651_map and now - self._sl651_at > 1.0)
+        if stale and self.registry is not None:
+            self._sl651_at = now
+            try:
+                self._sl651_map = {str(d.transport.get("sl651", "")).upper(): (d.id, d.tags())
+                                   for d in self.registry.all() if d.transport.get("sl651")}
+            except sqlite3.Error as exc:
+                self.note("serial_registry", f"registry lookup failed: {exc}", f"设备登记查询失败：{exc}")
+        return self._sl651_map.get(address)
 
     def record(self, kind: str, fields: dict[str, Any], priority: Priority | str) -> None:
         """A record of something the hub did on this device (a message sent), for the trail."""

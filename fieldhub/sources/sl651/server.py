@@ -33,7 +33,9 @@ SOURCE = "sl651"
 #: the server's counters, all shown in status (zero included)
 COUNTERS = ("accepted", "refused", "idle_closed", "frames", "bad_frames", "reports", "keepalives", "stored",
             "duplicates", "confirms", "confirms_lost", "unknown", "quarantined", "bad_not_quarantined",
-            "downlinks_ignored", "append_errors")
+            "downlinks_ignored", "append_errors", "m3_packets", "m3_sets", "m3_naks", "m3_dropped")
+#: an M3 set being reassembled may hold at most this many bytes; a connection at most this many sets
+MAX_SET_BYTES, MAX_SETS = 4 * 1024 * 1024, 4
 
 
 @dataclass
@@ -46,6 +48,17 @@ class Conn:
     closed: bool = False
     stations: set[str] = field(default_factory=set)
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: M3 sets being reassembled: (station, fc) -> M3Set
+    sets: dict[tuple[str, int], M3Set] = field(default_factory=dict)
+
+
+@dataclass
+class M3Set:
+    total: int
+    packets: dict[int, sl651.Header] = field(default_factory=dict)
+    nbytes: int = 0
+    naked: set[int] = field(default_factory=set)
+    at: float = field(default_factory=time.monotonic)
 
 
 def _station_view(st: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +179,10 @@ class Sl651Server:
                     if now - conn.last_rx > self.cfg.idle_timeout:
                         self.stats["idle_closed"] += 1
                         self._close(conn, "idle")
+                    for k, m3 in list(conn.sets.items()):
+                        if now - m3.at > self.cfg.idle_timeout:   # the station gave up on this set
+                            del conn.sets[k]
+                            self.stats["m3_dropped"] += 1
 
     def _accept(self) -> None:
         assert self._listener is not None and self._sel is not None
@@ -222,6 +239,7 @@ class Sl651Server:
                 self._frame(conn, frame.raw)
             else:
                 self._bad(conn, frame.raw, frame.error, None)
+                self._m3_bad(conn, frame.raw)
 
     def _flush(self, conn: Conn) -> None:
         try:
@@ -289,6 +307,11 @@ class Sl651Server:
                 st["keepalives"] += 1
                 self.stats["keepalives"] += 1
                 return                                   # the standard: a keep-alive gets no reply
+        if hdr.start == sl651.SYN and hdr.total > 1:
+            done = self._m3_packet(conn, hdr)
+            if done is None:
+                return                                   # more packets to come (or a NAK went out)
+            hdr = done
         dev = self._device(hdr.station)
         tags = {**(dev.tags() if dev else {}), "channel": "tcp"}
         ctx = ParseContext(dev.id if dev else f"sl651-{hdr.station}", time.time_ns(), tags=tags, source=SOURCE)
@@ -316,8 +339,11 @@ class Sl651Server:
         self.stats["reports"] += 1
         if dev is None:
             self.stats["unknown"] += 1
-            meta = {"station": hdr.station, "peer": conn.peer, "fc": f"{hdr.fc:02X}",
-                    "records": [r.to_dict() for r in records][:50]}
+            meta: dict[str, Any] = {"station": hdr.station, "peer": conn.peer, "fc": f"{hdr.fc:02X}",
+                                    "records": [r.to_dict() for r in records][:50]}
+            if hdr.assembled:                            # keep the whole set, not its last packet
+                raw = hdr.body
+                meta["m3_packets"] = hdr.total
             self.stats["quarantined"] += 1
             self.log.quarantine(SOURCE, "unknown station", raw, device_id=None, meta=meta,
                                 callback=self._after(conn, reply, hdr.station, None))
@@ -342,6 +368,72 @@ class Sl651Server:
                 self._replies.append((conn, reply, station))
                 self._wake()
         return done
+
+    # ---------------------------------------------------------------------------------- M3
+    def _m3_packet(self, conn: Conn, hdr: sl651.Header) -> sl651.Header | None:
+        """Keep one packet of a multi-packet set; the reassembled set once every packet is there.
+        NAKs (one per missing packet) when the last packet, or a resent one (ETX), shows a gap."""
+        self.stats["m3_packets"] += 1
+        key = (hdr.station, hdr.fc)
+        m3 = conn.sets.get(key)
+        if m3 is None or m3.total != hdr.total or (hdr.seq == 1 and 1 in m3.packets
+                                                    and m3.packets[1].body != hdr.body):
+            if m3 is not None:
+                self.stats["m3_dropped"] += 1            # a new set replaces an unfinished one
+            if len(conn.sets) >= MAX_SETS and key not in conn.sets:
+                oldest = min(conn.sets, key=lambda k: conn.sets[k].at)
+                del conn.sets[oldest]
+                self.stats["m3_dropped"] += 1
+            m3 = conn.sets[key] = M3Set(hdr.total)
+        if not 1 <= hdr.seq <= hdr.total:
+            self._bad(conn, b"", f"M3 packet {hdr.seq} of {hdr.total}", hdr.station)
+            return None
+        old = m3.packets.get(hdr.seq)
+        m3.nbytes += len(hdr.body) - (len(old.body) if old else 0)
+        m3.packets[hdr.seq], m3.at = hdr, time.monotonic()
+        m3.naked.discard(hdr.seq)
+        if m3.nbytes > MAX_SET_BYTES:
+            del conn.sets[key]
+            self.stats["m3_dropped"] += 1
+            self._bad(conn, b"", f"M3 set over {MAX_SET_BYTES} bytes", hdr.station)
+            return None
+        if len(m3.packets) == m3.total:
+            del conn.sets[key]
+            try:
+                done = sl651.assemble(m3.packets)
+            except ProtocolError as exc:
+                self._bad(conn, b"", str(exc), hdr.station)
+                return None
+            self.stats["m3_sets"] += 1
+            return done
+        if hdr.seq == hdr.total or hdr.end == sl651.ETX:
+            for k in range(1, m3.total + 1):
+                if k not in m3.packets and k not in m3.naked:
+                    self._nak(conn, m3, hdr, k)
+        return None
+
+    def _m3_bad(self, conn: Conn, raw: bytes) -> None:
+        """A packet of a set in progress failed its CRC: NAK it by its sequence number, when the
+        header is plausible (the station is on this connection, the set's total matches)."""
+        try:
+            hdr = sl651.decode_header(raw)
+        except ProtocolError:
+            return
+        if not (hdr.uplink and hdr.start == sl651.SYN and 1 <= hdr.seq <= hdr.total):
+            return
+        m3 = conn.sets.get((hdr.station, hdr.fc))
+        if m3 is None and hdr.seq == 1 and hdr.station in conn.stations:
+            m3 = conn.sets[(hdr.station, hdr.fc)] = M3Set(hdr.total)
+        if m3 is None or m3.total != hdr.total:
+            return
+        self._nak(conn, m3, hdr, hdr.seq)
+
+    def _nak(self, conn: Conn, m3: M3Set, hdr: sl651.Header, seq: int) -> None:
+        m3.naked.add(seq)
+        self.stats["m3_naks"] += 1
+        conn.counters["naks"] += 1
+        conn.out += sl651.nak_for(m3.packets.get(1), hdr.station, hdr.center, hdr.password, hdr.fc, hdr.total, seq)
+        self._flush(conn)
 
     def _bad(self, conn: Conn, raw: bytes, why: str, station: str | None) -> None:
         conn.counters["bad_frames"] += 1
