@@ -6,13 +6,16 @@
 ``fh/hub/H/uplink`` (and its link probes) and read only ``fh/hub/H/ack`` and
 ``fh/hub/H/cmd``; center workers read every hub's uplink and write acks and commands. So the
 topic a batch arrives on is the hub the broker authenticated, and the center files a batch
-only under that hub (it rejects a batch whose payload names another). Re-running keeps every
-account's password unless ``rotate`` names it.
+only under that hub (it rejects a batch whose payload names another). It also writes
+``ack-keys.json`` (0600): each hub's ack key (32 random bytes, hex), which the center signs that
+hub's acks with (``center run --ack-keys``) and the hub verifies them with (``[uplink] ack_key``).
+Re-running keeps every account's password and every hub's ack key unless ``rotate`` names it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +23,9 @@ from typing import Any
 
 from fieldhub.core.errors import ValidationError
 from fieldhub.sources.mqtt.provision import BrokerFiles, _chown_for, _write_atomic, new_password
+from fieldhub.uplink.acksign import KEY_BYTES, parse_key
 
-CONF, CREDENTIALS = "mosquitto.conf", "credentials.json"
+CONF, CREDENTIALS, ACK_KEYS = "mosquitto.conf", "credentials.json", "ack-keys.json"
 #: a hub id or worker name: it becomes a broker user and a topic level (full match: no newline)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -114,11 +118,17 @@ def write_center_broker(directory: Path | str, opts: CenterBrokerOptions) -> dic
     _write_atomic(files.acl, center_acl(hubs, workers))
     _write_atomic(d / CONF, center_conf(d, opts), 0o644)
     _write_atomic(cred_path, json.dumps(accounts, indent=2, sort_keys=True) + "\n", 0o600)
+    keys_path = d / ACK_KEYS
+    old_keys: dict[str, str] = json.loads(keys_path.read_text(encoding="utf-8")) if keys_path.exists() else {}
+    ack_keys = {h: old_keys[h] if h in old_keys and h not in opts.rotate else os.urandom(KEY_BYTES).hex()
+                for h in hubs}
+    _write_atomic(keys_path, json.dumps(ack_keys, indent=2, sort_keys=True) + "\n", 0o600)
     if opts.run_as and opts.run_as != "root":
         _chown_for(d, opts.run_as)
     host = "127.0.0.1" if opts.listen_host in ("0.0.0.0", "::") else opts.listen_host
     return {"conf": str(d / CONF), "password_file": str(files.passwd), "acl_file": str(files.acl),
-            "credentials": str(cred_path), "broker": f"mqtt://{host}:{opts.port}",
+            "credentials": str(cred_path), "ack_keys": str(keys_path),
+            "new_ack_keys": sorted(h for h in hubs if old_keys.get(h) != ack_keys[h]), "broker": f"mqtt://{host}:{opts.port}",
             "hubs": sorted(hubs), "workers": sorted(workers), "new_passwords": sorted(fresh)}
 
 
@@ -132,3 +142,24 @@ def read_password_file(path: str) -> str:
     if not pw:
         raise ValidationError(f"password file {path} is empty / 密码文件为空")
     return pw
+
+
+def read_ack_keys(path: str) -> dict[str, bytes]:
+    """Hub id -> ack key from an ``ack-keys.json`` (``center run --ack-keys``)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValidationError(f"ack key file {path}: {exc.strerror or exc} / 无法读取确认密钥文件") from None
+    except ValueError as exc:
+        raise ValidationError(f"ack key file {path}: not JSON ({exc}) / 确认密钥文件不是 JSON") from None
+    if not isinstance(data, dict) or not data:
+        raise ValidationError(f"ack key file {path}: expected a JSON object {{hub id: hex key}} with at least one hub"
+                              f" (as `fieldhub provision center-broker` writes it) / 确认密钥文件格式错误")
+    out = {}
+    for hub, key in data.items():
+        check_name(str(hub), "hub id")
+        if not isinstance(key, str):
+            raise ValidationError(f"ack key file {path}: hub {hub}: the key is not a hex string"
+                                  f" / 密钥不是十六进制字符串")
+        out[hub] = parse_key(key, f"ack key file {path}: hub {hub}")
+    return out

@@ -3,7 +3,8 @@
 Each worker subscribes to ``$share/center/fh/hub/+/uplink`` (MQTT 5), so several workers
 share the stream; a batch is written durably (the embedded store, ``store.db``, and
 InfluxDB when configured) and only then acknowledged to the hub on ``fh/hub/{hub}/ack``.
-A worker that dies before its write simply never acks: the hub resends. Every batch is
+With ``ack_keys`` (``center run --ack-keys``), each ack carries a MAC under that hub's key
+(``fieldhub.uplink.acksign``). A worker that dies before its write simply never acks: the hub resends. Every batch is
 released at the broker once handled, stored or not, so none can fill the worker's window; a
 batch that cannot be decoded is kept in ``rejected`` with its reason.
 Records are deduplicated by (hub, id); a Beidou short-message summary is replaced by the full
@@ -33,7 +34,7 @@ from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Record
 from fieldhub.core.worker import Worker, stop_all
 from fieldhub.sinks.store import LocalStore
-from fieldhub.uplink import shortmsg
+from fieldhub.uplink import acksign, shortmsg
 from fieldhub.uplink.bearers.mqtt import mqtt_client
 from fieldhub.uplink.codec import decode_batch
 
@@ -223,7 +224,7 @@ class CenterWorker:
     def __init__(self, broker: str, data_dir: Path, *, worker: str | None = None,
                  influx: CenterInflux | None = None,
                  beidou_port: str | None = None, tiantong_port: str | None = None, mac_key: bytes = b"",
-                 tls: dict[str, str] | None = None,
+                 tls: dict[str, str] | None = None, ack_keys: dict[str, bytes] | None = None,
                  oplog: OpLog | None = None) -> None:
         private_files(data_dir, (STORE_FILE, CENTER_FILE))
         self.data_dir = data_dir
@@ -233,10 +234,13 @@ class CenterWorker:
         self.influx = influx
         self.oplog = oplog or OpLog(data_dir / f"center-{self.worker}.jsonl")
         self.mac_key = mac_key
+        #: hub id -> its ack key (``center run --ack-keys``); None: acks go out unsigned
+        self.ack_keys = ack_keys
+        self._unkeyed_warned: set[str] = set()
         self.beidou_port = beidou_port
         self.tiantong_port = tiantong_port
         self.stats = {"batches": 0, "records": 0, "duplicates": 0, "rejected": 0, "short_messages": 0,
-                      "write_errors": 0}
+                      "write_errors": 0, "acks_signed": 0, "acks_unsigned": 0}
         self.connected = threading.Event()
         self.client, self._host, self._port = mqtt_client(
             broker, f"fh-center-{self.worker}", protocol=mqtt.MQTTv5, manual_ack=True, **(tls or {}))
@@ -304,7 +308,24 @@ class CenterWorker:
         ack = {"hub": batch.hub_id, "batch": batch.batch_id, "stored": new, "duplicates": dup,
                "ranges": {str(p): list(r) for p, r in batch.ranges.items()}, "worker": self.worker}
         props = Properties(PacketTypes.PUBLISH)
-        self.client.publish(f"fh/hub/{batch.hub_id}/ack", orjson.dumps(ack), qos=1, properties=props)
+        self.client.publish(f"fh/hub/{batch.hub_id}/ack", self._signed(batch.hub_id, orjson.dumps(ack)), qos=1,
+                            properties=props)
+
+    def _signed(self, hub: str, body: bytes) -> bytes:
+        """The ack as published: signed with the hub's ack key when the center holds one."""
+        key = self.ack_keys.get(hub) if self.ack_keys is not None else None
+        if key is not None:
+            self.stats["acks_signed"] += 1
+            return acksign.sign(body, key)
+        self.stats["acks_unsigned"] += 1
+        if self.ack_keys is not None and hub not in self._unkeyed_warned:
+            self._unkeyed_warned.add(hub)
+            self.oplog.write("warning", "center_ack_unsigned",
+                             f"no ack key for hub {hub} in --ack-keys: its acks go out unsigned, and a hub "
+                             f"that holds an ack key refuses them (provision it with --hub {hub})",
+                             f"--ack-keys 中没有指挥车 {hub} 的确认密钥：其确认未签名发送，持有密钥的指挥车将拒收",
+                             hub=hub)
+        return body
 
     # ------------------------------------------------------------------ Beidou receive side
     def _beidou_loop(self, stop: threading.Event, url: str) -> None:

@@ -145,14 +145,17 @@ def center() -> None:
 @click.option("--password", default="", envvar="FIELDHUB_CENTER_PASSWORD",
               help="Its password (better: --password-file or FIELDHUB_CENTER_PASSWORD).")
 @click.option("--password-file", default="", help="A file whose first line is the password.")
+@click.option("--ack-keys", "ack_keys_file", default="", metavar="FILE",
+              help="Sign each hub's acks with its key from this file (ack-keys.json, written by "
+                   "`fieldhub provision center-broker`); without it acks go out unsigned.")
 @example("fieldhub center run --broker mqtt://127.0.0.1:1883 --data-dir /var/lib/fieldhub-center\n"
          "fieldhub center run --broker mqtt://127.0.0.1:1883 --data-dir /var/lib/fieldhub-center --worker w2 \\\n"
-         "    --username w2 --password-file /etc/fieldhub/center-w2.pass")
+         "    --username w2 --password-file /etc/fieldhub/center-w2.pass --ack-keys /etc/fieldhub/ack-keys.json")
 def center_run(broker: str, data_dir: str | None, worker: str | None, influx: str | None, influx_db: str,
                beidou_port: str | None, tiantong_port: str | None, mac_key: str, ca_file: str, cert_file: str,
-               key_file: str, username: str, password: str, password_file: str) -> None:
+               key_file: str, username: str, password: str, password_file: str, ack_keys_file: str) -> None:
     """Run one ingest worker (start several: they share the stream via $share/center/...)."""
-    from fieldhub.center.broker import read_password_file
+    from fieldhub.center.broker import read_ack_keys, read_password_file
     from fieldhub.center.worker import CenterWorker
 
     try:
@@ -169,6 +172,7 @@ def center_run(broker: str, data_dir: str | None, worker: str | None, influx: st
         password = read_password_file(password_file)
     if password and not username:
         raise ConfigError("--password needs --username", file="command line")
+    ack_keys = read_ack_keys(ack_keys_file) if ack_keys_file else None
     sink = None
     if influx:
         from fieldhub.center.influx import CenterInflux
@@ -177,7 +181,7 @@ def center_run(broker: str, data_dir: str | None, worker: str | None, influx: st
     tls = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file, "username": username,
            "password": password}
     w = CenterWorker(broker, _center_dir(data_dir), worker=worker, influx=sink, beidou_port=beidou_port,
-                     tiantong_port=tiantong_port, mac_key=key, tls=tls)
+                     tiantong_port=tiantong_port, mac_key=key, tls=tls, ack_keys=ack_keys)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -212,7 +216,7 @@ def center_hubs(data_dir: str | None, as_json: bool) -> None:
 # ------------------------------------------------------------------ provision center-broker
 @click.command("center-broker")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for mosquitto.conf, passwd, acl, credentials.json.")
+              help="Directory for mosquitto.conf, passwd, acl, credentials.json, ack-keys.json.")
 @click.option("--hub", "hubs", multiple=True, required=True, help="A hub id (repeat for each vehicle).")
 @click.option("--worker", "workers", multiple=True, help="A center worker account (repeat; default: center).")
 @click.option("--listen", default="0.0.0.0:1883", show_default=True, metavar="HOST:PORT",
@@ -227,7 +231,8 @@ def provision_center_broker(out_dir: str, hubs: tuple[str, ...], workers: tuple[
     """The center's broker: one account per hub and per worker, and an ACL where hub H may publish
     only fh/hub/H/uplink and read only fh/hub/H/ack and fh/hub/H/cmd (中心代理：每车一账号，主题隔离).
 
-    Passwords go to credentials.json (mode 0600); re-running keeps them unless --rotate names one.
+    Passwords go to credentials.json and each hub's ack key to ack-keys.json (both mode 0600);
+    re-running keeps them unless --rotate names one (for a hub, --rotate replaces both).
     """
     from fieldhub.center.broker import CenterBrokerOptions, write_center_broker
 
@@ -243,3 +248,6 @@ def provision_center_broker(out_dir: str, hubs: tuple[str, ...], workers: tuple[
     click.echo(f"center broker for {len(out['hubs'])} hubs, {len(out['workers'])} workers: mosquitto -c {out['conf']}")
     new = ", ".join(out["new_passwords"]) or "none"
     click.echo(f"passwords in {out['credentials']} (0600); new: {new} / 账号密码已写入 {out['credentials']}")
+    click.echo(f"ack keys in {out['ack_keys']} (0600): give each hub its own as [uplink] ack_key, and the file to "
+               f"`center run --ack-keys`; new: {', '.join(out['new_ack_keys']) or 'none'} / "
+               f"确认密钥已写入 {out['ack_keys']}")

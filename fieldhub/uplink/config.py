@@ -6,7 +6,9 @@ import re
 from dataclasses import dataclass, field
 
 from fieldhub.core.config import Duration
+from fieldhub.core.errors import ValidationError
 from fieldhub.core.records import PRIORITY_NAMES
+from fieldhub.uplink.acksign import parse_key
 
 LINK_KINDS = ("mqtt", "4g", "tiantong", "beidou")
 _RATE = {"": 1, "bit": 1, "bps": 1, "kbit": 1e3, "kbps": 1e3, "mbit": 1e6, "mbps": 1e6, "gbit": 1e9}
@@ -110,6 +112,10 @@ class UplinkConfig:
     zstd_level: int = 9
     #: hex key for the MAC on Beidou short messages (shared with the center)
     mac_key: str = ""
+    #: hex key the center signs this hub's acks with (`fieldhub provision center-broker` writes it
+    #: to ack-keys.json); when set, only acks whose MAC verifies move the uplink. Empty: acks are
+    #: bound to what was sent but not signed, so a center worker account could forge them
+    ack_key: str = ""
 
     def validate(self) -> None:
         names = [link.name for link in self.links]
@@ -123,6 +129,11 @@ class UplinkConfig:
             raise ValueError("zstd_level must be 1-22")
         if self.mac_key:
             bytes.fromhex(self.mac_key)
+        if self.ack_key:
+            try:
+                parse_key(self.ack_key, "uplink.ack_key")
+            except ValidationError as exc:
+                raise ValueError(str(exc)) from None
         short = [link for link in self.links if link.kind == "beidou"
                  or (link.kind == "tiantong" and not is_ip_url(link.url))]
         if short and self.enabled and not self.mac_key:

@@ -36,7 +36,7 @@ from fieldhub.core.log import Cursor, DurableLog
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.records import Priority, now_ns
 from fieldhub.core.worker import DEFAULT_JOIN, Worker
-from fieldhub.uplink import shortmsg
+from fieldhub.uplink import acksign, shortmsg
 from fieldhub.uplink.bearers.beidou import BeidouBearer
 from fieldhub.uplink.bearers.mqtt import MqttBearer
 from fieldhub.uplink.bearers.tiantong import TiantongSmsBearer
@@ -79,6 +79,8 @@ class UplinkOutput(Output):
 
     def __init__(self, cfg: UplinkConfig, hub_id: str, oplog: OpLog) -> None:
         self.cfg, self.hub_id, self.oplog = cfg, hub_id, oplog
+        #: when set, only acks the center signed with this hub's key are read at all
+        self.ack_key = acksign.parse_key(cfg.ack_key, "uplink.ack_key") if cfg.ack_key else None
         self.batch = cfg.batch_records
         self._acks: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=10_000)
         #: batch id (this run's) -> (link, ranges) of every batch sent and not yet acknowledged
@@ -98,6 +100,7 @@ class UplinkOutput(Output):
         self._meta_at = 0.0
         self.stats: dict[str, Any] = {"batches_sent": 0, "records_sent": 0, "bytes_sent": 0,
                                       "acks_ignored": 0, "acks_duplicate": 0, "acks_other_link": 0,
+                                      "acks_bad_mac": 0, "ack_key_set": self.ack_key is not None,
                                       "short_messages": 0, "short_message_errors": 0,
                                       "last_ack_ns": None, "send_errors": 0}
 
@@ -207,7 +210,15 @@ class UplinkOutput(Output):
 
     def _bind_ack(self, link: str, raw: bytes) -> tuple[int, Ranges]:
         """The (batch id, ranges) an ack on ``link`` accepts (batch id -1: a repeat of an ack
-        already taken); ``_Unbound`` with the reason (English, Chinese) when it accepts nothing."""
+        already taken); ``_Unbound`` with the reason (English, Chinese) when it accepts nothing.
+        With an ack key, the MAC is checked first and only the bytes it covers are parsed."""
+        if self.ack_key is not None:
+            signed = acksign.verify(raw, self.ack_key)
+            if signed is None:
+                self.stats["acks_bad_mac"] += 1
+                raise _Unbound("ack not signed with this hub's ack key (unsigned, wrong key or altered)",
+                               "确认未用本车确认密钥签名（未签名、密钥错误或被篡改）")
+            raw = signed
         try:
             ack = orjson.loads(raw)
             hub, bid = ack["hub"], int(ack["batch"])
