@@ -183,6 +183,7 @@ class Hub:
             self.oplog.write("info", "hub_stopped", f"hub {self.config.hub.id} stopped cleanly",
                              f"hub {self.config.hub.id} 已正常停止")
             audit.record(self.data_dir, "hub", "hub.stop", self.config.hub.id, clean=True)
+            audit.seal(self.data_dir)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

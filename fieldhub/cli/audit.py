@@ -20,6 +20,15 @@ def audit() -> None:
     heads make any later edit provable (审计日志，防篡改)."""
 
 
+def _own_public_key(data_dir: Path) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from fieldhub.core.keys import hub_signing_key
+
+    raw: bytes = hub_signing_key(data_dir).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return raw
+
+
 def _public_key(value: str | None) -> bytes | None:
     """An Ed25519 public key as 64 hex digits, or a file holding hex, 32 raw bytes or PEM."""
     if not value:
@@ -99,6 +108,8 @@ def audit_verify(cfg: Config, export_file: str | None, heads_file: str | None, p
     elif heads_file:
         raise click.UsageError("--heads goes with --file EXPORT")
     else:
+        if key is None and auditmod.hub_signer(cfg.data_dir) is not None:
+            key = _own_public_key(cfg.data_dir)  # the hub's own heads are checked with its own key
         report = auditmod.verify_dir(cfg.data_dir, key)
         what = str(cfg.data_dir / auditmod.AUDIT_FILE)
     out: dict[str, Any] = report.as_dict() | {"file": what, "signatures_checked": key is not None}

@@ -338,15 +338,44 @@ class AuditLog:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
-def record(data_dir: Path, actor: str, action: str, subject: str = "", /, **detail: Any) -> bool:
-    """One line for a hook: append one entry to ``data_dir``'s audit log; False (never raises) on failure,
-    so wiring the audit log into an existing action changes nothing else about it."""
+def hub_signer(data_dir: Path) -> Signer | None:
+    """The hub key's signing function (``fieldhub keys init``), or None while the hub has no key:
+    then the log is a hash chain without signed heads, and ``audit verify`` says so."""
+    from fieldhub.core.keys import HUB_KEY_FILE, hub_signing_key
+
+    if not (Path(data_dir) / HUB_KEY_FILE).exists():
+        return None
     try:
-        with AuditLog(Path(data_dir)) as log:
+        key = hub_signing_key(data_dir)
+    except StorageError:
+        return None
+    sign: Signer = key.sign
+    return sign
+
+
+def record(data_dir: Path, actor: str, action: str, subject: str = "", /, **detail: Any) -> bool:
+    """One line for a hook: append one entry to ``data_dir``'s audit log (signing a tree head with the
+    hub key when one is due); False (never raises) on failure, so wiring the audit log into an
+    existing action changes nothing else about it."""
+    try:
+        with AuditLog(Path(data_dir), sign=hub_signer(Path(data_dir))) as log:
             log.append(actor, action, subject, **detail)
-    except (StorageError, OSError):
+    except (StorageError, OSError, ValueError):
         return False
     return True
+
+
+def seal(data_dir: Path) -> bool:
+    """Sign a tree head over everything in the log now (the hub does at a clean stop); False without
+    a hub key or on failure."""
+    sign = hub_signer(Path(data_dir))
+    if sign is None:
+        return False
+    try:
+        with AuditLog(Path(data_dir), sign=sign) as log:
+            return log.sign_head() is not None
+    except (StorageError, OSError, ValueError):
+        return False
 
 
 def config_summary(config: Any, components: Iterable[Any]) -> dict[str, Any]:
