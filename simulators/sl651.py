@@ -93,6 +93,8 @@ class Station:
     serial: int = 0
     pt: float = 0.0                       # cumulative rain, mm
     level: float = 2.0                    # water level, m
+    rain: float = 0.0                     # the last slot's rain, mm
+    volts: float = 12.3                   # battery, V
     rain_hour: list[float] = field(default_factory=list)
     level_hour: list[float] = field(default_factory=list)
     queue: list[Pending] = field(default_factory=list)
@@ -120,7 +122,7 @@ class Sl651Fleet:
         self.stats: dict[str, int] = {k: 0 for k in (
             "generated", "sent", "resends", "confirmed", "unexpected_replies", "keepalives", "corrupt_sent",
             "connects", "connect_failures", "disconnects", "alarms", "hourly", "timed", "beidou_sent",
-            "replies_lost", "pictures", "packets_sent", "naks", "nak_resends")}
+            "replies_lost", "pictures", "packets_sent", "naks", "nak_resends", "queries_answered")}
         #: every report generated: (station, fc, observation time) in generation order
         self.generated: list[tuple[str, int, datetime]] = []
         #: reports confirmed by the center: (station, fc, observation time)
@@ -210,6 +212,7 @@ class Sl651Fleet:
         st.rain_hour.append(rain)
         st.level_hour.append(st.level)
         volts = 12.0 + st.rng.randint(0, 60) / 100
+        st.rain, st.volts = rain, volts
         common = (bytes.fromhex("2019") + _bcd(rain, 1, 3) + bytes.fromhex("2619") + _bcd(st.pt, 1, 3)
                   + bytes.fromhex("3923") + _bcd(st.level, 3, 4) + bytes.fromhex("3812") + _bcd(volts, 2, 2))
         due = [(0x32, common)]
@@ -410,6 +413,9 @@ class Sl651Fleet:
                 self.stats["unexpected_replies"] += 1
                 continue
             hdr = sl651.decode_header(frame.raw)
+            if not hdr.uplink and hdr.fc == 0x37 and hdr.station == st.address:
+                self._answer_query(st, hdr)
+                continue
             p = st.queue[0] if st.queue else None
             if (p is not None and p.packets and not hdr.uplink and hdr.end == sl651.NAK and hdr.fc == p.fc
                     and 1 <= hdr.seq <= len(p.packets)):
@@ -429,6 +435,16 @@ class Sl651Fleet:
                     self._send_report(st, st.queue[0], time.monotonic())
             else:
                 self.stats["unexpected_replies"] += 1
+
+
+    def _answer_query(self, st: Station, hdr: sl651.Header) -> None:
+        """The real-time query (37): answered at once with the station's current values (no confirm),
+        the center's serial echoed, observed at the station's current clock."""
+        self.stats["queries_answered"] += 1
+        elements = (bytes.fromhex("2019") + _bcd(st.rain, 1, 3) + bytes.fromhex("2619") + _bcd(st.pt, 1, 3)
+                    + bytes.fromhex("3923") + _bcd(st.level, 3, 4) + bytes.fromhex("3812") + _bcd(st.volts, 2, 2))
+        serial = int.from_bytes(hdr.body[:2], "big") if len(hdr.body) >= 2 else 0
+        self._send(st, self._frame(st, 0x37, serial, st.clock, elements))
 
 
 def picture(rng: random.Random, n: int) -> bytes:

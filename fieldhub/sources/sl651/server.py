@@ -21,7 +21,7 @@ from typing import Any
 from drivers import sl651
 from drivers.base import ParseContext
 from fieldhub.core.component import HubContext, make_status
-from fieldhub.core.errors import ProtocolError, TransportError, ValidationError
+from fieldhub.core.errors import FieldhubError, ProtocolError, TransportError, ValidationError
 from fieldhub.core.log import AppendResult, DurableLog
 from fieldhub.core.oplog import OpLog
 from fieldhub.core.registry import Device, Registry
@@ -33,7 +33,8 @@ SOURCE = "sl651"
 #: the server's counters, all shown in status (zero included)
 COUNTERS = ("accepted", "refused", "idle_closed", "frames", "bad_frames", "reports", "keepalives", "stored",
             "duplicates", "confirms", "confirms_lost", "unknown", "quarantined", "bad_not_quarantined",
-            "downlinks_ignored", "append_errors", "m3_packets", "m3_sets", "m3_naks", "m3_dropped")
+            "downlinks_ignored", "append_errors", "queries", "query_answers", "query_timeouts",
+            "m3_packets", "m3_sets", "m3_naks", "m3_dropped")
 #: an M3 set being reassembled may hold at most this many bytes; a connection at most this many sets
 MAX_SET_BYTES, MAX_SETS = 4 * 1024 * 1024, 4
 
@@ -50,6 +51,16 @@ class Conn:
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
     #: M3 sets being reassembled: (station, fc) -> M3Set
     sets: dict[tuple[str, int], M3Set] = field(default_factory=dict)
+
+
+@dataclass
+class Query:
+    """A center-initiated real-time query (37) waiting for its station's answer."""
+
+    station: str
+    done: threading.Event = field(default_factory=threading.Event)
+    records: list[Any] = field(default_factory=list)
+    peer: str = ""
 
 
 @dataclass
@@ -80,6 +91,10 @@ class Sl651Server:
         self._listener: socket.socket | None = None
         self._conns: dict[int, Conn] = {}
         self._replies: collections.deque[tuple[Conn, bytes, str]] = collections.deque()
+        #: downlinks the center initiates (real-time queries), sent by the loop thread
+        self._outbox: collections.deque[tuple[Conn, bytes]] = collections.deque()
+        self._queries: dict[str, Query] = {}
+        self._query_serial = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -138,7 +153,68 @@ class Sl651Server:
                            connections_open=len(conns), stations_seen=len(stations), **dict(self.stats))
 
     def commands(self) -> dict[str, Any]:
-        return {"stations": lambda args: self.station_list()}
+        return {"stations": lambda args: self.station_list(), "query": self.query}
+
+    def query(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Send a real-time query (37) to a registered station over its open TCP connection and wait
+        (at most ``timeout`` seconds) for its answer: the decoded elements, optionally only ``elements``
+        (SL651 identifiers such as ``Z``, ``PJ``). The answer is also stored like any report."""
+        name = str(args.get("station") or "").strip()
+        timeout = min(max(float(args.get("timeout") or 10.0), 0.5), 60.0)
+        wanted = [str(e).upper() for e in args.get("elements") or []]
+        known = set(sl651.ELEMENT_BY_CODE) | {v[0] for v in sl651.SERIES.values()}
+        bad = [e for e in wanted if e not in known]
+        if bad:
+            raise ValidationError(f"unknown SL651 element(s) {', '.join(bad)}: identifiers such as Z, PJ, PT, VT "
+                                  f"/ 未知要素标识符 {', '.join(bad)}")
+        dev = self.registry.get(name) if name else None
+        address = str(dev.transport.get("sl651") or "").upper() if dev else name.upper()
+        self._map_at = 0.0                               # see a station registered a moment ago
+        dev = self._device(address) if address else None
+        if dev is None:
+            raise ValidationError(f"unknown station {name!r}: no registry device has it as its sl651 address "
+                                  f"(fieldhub devices add ... --transport '{{\"sl651\": \"0012345678\"}}') "
+                                  f"/ 未登记的测站 {name!r}")
+        with self._lock:
+            conns = [c for c in self._conns.values() if address in c.stations and not c.closed]
+            st = self.stations.get(address, {})
+            if not conns:
+                raise FieldhubError(f"station {address} ({dev.id}) is not connected: a query goes over the "
+                                    f"station's open TCP connection; wait for its next report or keep-alive "
+                                    f"/ 测站 {address} 未在线，实时查询需测站保持 TCP 连接")
+            if address in self._queries:
+                raise FieldhubError(f"a query to station {address} is already waiting for its answer "
+                                    f"/ 测站 {address} 已有查询在等待应答")
+            conn = max(conns, key=lambda c: c.last_rx)
+            q = self._queries[address] = Query(address, peer=conn.peer)
+            self._query_serial = self._query_serial % 65535 + 1
+            frame = sl651.encode({"cmd": "query", "station": address, "center": st.get("_center", 1),
+                                  "password": st.get("_password", 0), "serial": self._query_serial})
+        self.stats["queries"] += 1
+        t0 = time.monotonic()
+        self._outbox.append((conn, frame))
+        self._wake()
+        try:
+            answered = q.done.wait(timeout)
+        finally:
+            with self._lock:
+                self._queries.pop(address, None)
+        if not answered:
+            self.stats["query_timeouts"] += 1
+            raise FieldhubError(f"station {address} ({dev.id}) did not answer the real-time query within "
+                                f"{timeout:g}s / 测站 {address} 在 {timeout:g} 秒内未应答实时查询")
+        elements: dict[str, Any] = {}
+        observed_ns = 0
+        for r in q.records:
+            if r.kind != "hydro":
+                continue
+            observed_ns = max(observed_ns, r.ts)
+            for k, v in r.fields.items():
+                if k not in ("serial", "no_data") and (not wanted or k.split("_")[0].upper() in wanted):
+                    elements[k] = v
+        return {"station": address, "device_id": dev.id, "peer": q.peer, "observed_ns": observed_ns,
+                "elapsed_ms": round((time.monotonic() - t0) * 1000), "elements": elements,
+                "missing": [e for e in wanted if not any(k.split("_")[0].upper() == e for k in elements)]}
 
     def station_list(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -172,6 +248,11 @@ class Sl651Server:
                     if mask & selectors.EVENT_WRITE and not conn.closed:
                         self._flush(conn)
             self._send_replies()
+            while self._outbox:
+                conn, data = self._outbox.popleft()
+                if not conn.closed:
+                    conn.out += data
+                    self._flush(conn)
             now = time.monotonic()
             if now - last_sweep >= 1.0:
                 last_sweep = now
@@ -287,6 +368,7 @@ class Sl651Server:
                 "bad_frames": 0, "stored": 0, "duplicates": 0, "confirms": 0, "last_seen_ns": 0,
                 "last_report_ns": 0, "last_fc": "", "last_serial": None, "battery_v": None}
         st["peer"], st["last_seen_ns"] = conn.peer, time.time_ns()
+        st["_center"], st["_password"] = hdr.center, hdr.password
         conn.stations.add(hdr.station)
         return st
 
@@ -320,6 +402,13 @@ class Sl651Server:
         except (ProtocolError, ValidationError) as exc:
             self._bad(conn, raw, f"unparseable: {exc}", hdr.station)
             return
+        if hdr.fc == 0x37 and dev is not None:
+            with self._lock:
+                waiting = self._queries.get(hdr.station)
+            if waiting is not None and not waiting.done.is_set():
+                waiting.records = records
+                self.stats["query_answers"] += 1
+                waiting.done.set()
         reply = b""
         mode = str((dev.transport.get("confirm") if dev else None) or self.cfg.confirm).upper()
         if mode not in ("EOT", "ESC", "NONE"):   # a typo in a registry entry must not stop the server
