@@ -139,31 +139,7 @@ class CenterStore(LocalStore):
     def write_counted(self, records: Sequence[Record], hub_id: str) -> tuple[int, int]:
         """Durably write under ``hub_id``; returns (stored, duplicates): a record whose
         (hub, id) is already stored changes nothing (unless it replaces a short-message summary)."""
-        tag_json: dict[tuple, str] = {}  # records of one series share their tags
-        rows = []
-        for r in records:
-            key = tuple(r.tags.items())
-            tj = tag_json.get(key)
-            if tj is None:
-                tj = tag_json[key] = orjson.dumps({**r.tags, "hub": hub_id}).decode()
-            rows.append((r.id, r.kind, r.device_id, r.ts, int(r.priority), r.source,
-                         orjson.dumps(r.fields).decode(), tj, hub_id))
-        rows.sort()  # in key order within the hub: B-tree inserts stay local
-        db = self._db
-        with self._lock:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                before = db.total_changes
-                db.executemany(_CENTER_UPSERT, rows)
-                stored = db.total_changes - before  # new records, and summaries replaced by full ones
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise StorageError(f"{self.what} {self.path}: {exc}") from None
-        return stored, len(rows) - stored
+        return self._upsert(_CENTER_UPSERT, records, {"hub": hub_id}, hub_id)
 
 
 class HubRegistry:

@@ -94,23 +94,29 @@ class LocalStore:
 
         A duplicate id changes nothing, except that a full record replaces a short-message
         summary of itself (counted as stored)."""
+        return self._upsert(_UPSERT, records, extra_tags or {})
+
+    def _upsert(self, sql: str, records: Sequence[Record], extra_tags: dict[str, str],
+                *extra_cols: str) -> tuple[int, int]:
+        """Rows for ``sql`` (the record's columns, its tags plus ``extra_tags``, then ``extra_cols``),
+        written in one transaction; (stored, duplicates) from SQLite's change count. A store with
+        another key (the center's (hub, id)) passes its own upsert statement."""
         tag_json: dict[tuple, str] = {}  # records of one series share their tags
-        extra = extra_tags or {}
         rows = []
         for r in records:
             key = tuple(r.tags.items())
             tj = tag_json.get(key)
             if tj is None:
-                tj = tag_json[key] = orjson.dumps({**r.tags, **extra}).decode()
+                tj = tag_json[key] = orjson.dumps({**r.tags, **extra_tags}).decode()
             rows.append((r.id, r.kind, r.device_id, r.ts, int(r.priority), r.source,
-                         orjson.dumps(r.fields).decode(), tj))
+                         orjson.dumps(r.fields).decode(), tj, *extra_cols))
         rows.sort()  # in key order: B-tree inserts stay local
         with self._lock:
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
                 before = db.total_changes
-                db.executemany(_UPSERT, rows)
+                db.executemany(sql, rows)
                 stored = db.total_changes - before  # new records, and summaries replaced by full ones
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
