@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import orjson
 
 from fieldhub.core.errors import FieldhubError, HubNotRunning
-from fieldhub.core.worker import Worker
+from fieldhub.core.worker import ServerLoop
 
 Handler = Callable[[dict[str, Any]], Any]
 SOCKET_NAME = "hub.sock"
@@ -29,8 +28,7 @@ class ControlServer:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.handlers: dict[str, Handler] = {}
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
-        self._worker: Worker | None = None
+        self._loop: ServerLoop | None = None
 
     def register(self, name: str, handler: Handler) -> None:
         if name in self.handlers:
@@ -53,36 +51,20 @@ class ControlServer:
             self.path.unlink()
         old = os.umask(0o117)  # owner and group only
         try:
-            self._server = socketserver.ThreadingUnixStreamServer(str(self.path), _Conn)
+            server = socketserver.ThreadingUnixStreamServer(str(self.path), _Conn)
         finally:
             os.umask(old)
-        self._server.daemon_threads = True
-        self._server.timeout = POLL_S
-        self._worker = Worker("control", _serve, self._server).start()
+        self._loop = ServerLoop("control", server)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting (the accept loop is joined for at most ``timeout``), remove the socket. Idempotent."""
-        if self._worker is not None:
-            self._worker.stop(timeout)
-            self._worker = None
-        if self._server is not None:
-            self._server.server_close()
-            self._server = None
+        if self._loop is not None:
+            self._loop.stop(timeout)
+            self._loop = None
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
-
-
-#: how often the accept loop looks at its stop flag
-POLL_S = 0.2
-
-
-def _serve(stop: threading.Event, server: socketserver.BaseServer) -> None:
-    """The accept loop: one request at a time, each answered on its own daemon thread
-    (``serve_forever``'s ``shutdown`` would wait for it without a bound)."""
-    while not stop.is_set():
-        server.handle_request()
 
 
 def _dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:

@@ -9,6 +9,7 @@ bounded join, so that stopping never waits forever on a thread stuck in a system
 
 from __future__ import annotations
 
+import socketserver
 import threading
 import time
 from collections.abc import Callable
@@ -70,3 +71,26 @@ def stop_all(workers: list[Worker], timeout: float = DEFAULT_JOIN) -> bool:
     for w in workers:
         ok = w.join(deadline - time.monotonic()) and ok
     return ok
+
+
+class ServerLoop:
+    """A ``socketserver`` server's accept loop on a Worker, with a bounded stop.
+
+    ``serve_forever``'s ``shutdown`` waits without a bound; this loop handles one request at a
+    time (each on its own daemon thread with a threading server) and looks at its stop flag every
+    ``poll`` seconds. ``stop`` joins for at most ``timeout`` and closes the server's socket."""
+
+    def __init__(self, name: str, server: socketserver.BaseServer, poll: float = 0.2) -> None:
+        self.server = server
+        server.timeout = poll
+        if isinstance(server, socketserver.ThreadingMixIn):
+            server.daemon_threads = True
+        self._worker = Worker(name, self._run).start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.server.handle_request()
+
+    def stop(self, timeout: float = DEFAULT_JOIN) -> None:
+        self._worker.stop(timeout)
+        self.server.server_close()

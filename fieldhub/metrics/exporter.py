@@ -31,13 +31,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from fieldhub import __version__
 from fieldhub.core.component import STATES, Command, HubContext, make_status
 from fieldhub.core.errors import ConfigError
-from fieldhub.core.worker import Worker
+from fieldhub.core.worker import ServerLoop
 from fieldhub.metrics.config import MetricsConfig
 
 Status = Callable[[], Mapping[str, Any]]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-#: how often the server's loop looks at its stop flag
-POLL_S = 0.2
 
 
 def _number(value: Any) -> float | None:
@@ -139,8 +137,7 @@ class MetricsExporter:
         self.scrapes = 0
         self.errors = 0
         self.last_error = ""
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._worker: Worker | None = None
+        self._loop: ServerLoop | None = None
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -163,13 +160,11 @@ class MetricsExporter:
                 pass  # scrapes are counted, not logged
 
         try:
-            self._server = http.server.ThreadingHTTPServer((self.host, self.port), _Handler)
+            server = http.server.ThreadingHTTPServer((self.host, self.port), _Handler)
         except OSError as exc:
             raise ConfigError(f"cannot serve /metrics on {self.host}:{self.port}: {exc.strerror or exc} "
                               f"/ 无法监听指标端口", key="metrics.listen") from None
-        self._server.daemon_threads = True
-        self._server.timeout = POLL_S
-        self._worker = Worker("metrics", _serve, self._server).start()
+        self._loop = ServerLoop("metrics", server)
 
     def render(self) -> bytes | None:
         """One scrape: the exposition text, or None (and the reason kept) when the status failed."""
@@ -186,24 +181,16 @@ class MetricsExporter:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop serving within ``timeout``; idempotent."""
-        if self._worker is not None:
-            self._worker.stop(timeout)
-            self._worker = None
-        if self._server is not None:
-            self._server.server_close()
-            self._server = None
+        if self._loop is not None:
+            self._loop.stop(timeout)
+            self._loop = None
 
     def status(self) -> dict[str, Any]:
-        return make_status("ok" if self._server is not None else "off", listen=f"{self.host}:{self.port}",
+        return make_status("ok" if self._loop is not None else "off", listen=f"{self.host}:{self.port}",
                            scrapes=self.scrapes, errors=self.errors, last_error=self.last_error or None)
 
     def commands(self) -> dict[str, Command]:
         return {}
-
-
-def _serve(stop: threading.Event, server: http.server.ThreadingHTTPServer) -> None:
-    while not stop.is_set():
-        server.handle_request()
 
 
 def build(ctx: HubContext, cfg: MetricsConfig) -> MetricsExporter | None:
