@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldhub.core.errors import ValidationError
-from fieldhub.sources.mqtt.provision import BrokerFiles, _chown_for, _write_atomic, new_password
+from fieldhub.sources.mqtt.provision import LOG_LINES, BrokerFiles, chown_for, new_password, write_atomic
 from fieldhub.uplink.acksign import KEY_BYTES, parse_key
 
 CONF, CREDENTIALS, ACK_KEYS = "mosquitto.conf", "credentials.json", "ack-keys.json"
@@ -78,11 +78,7 @@ def center_conf(d: Path, opts: CenterBrokerOptions) -> str:
         "max_queued_messages 100000",
         "persistent_client_expiration 14d",
         "",
-        "log_dest stderr",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "connection_messages true",
+        *LOG_LINES,
         "",
         f"listener {opts.port} {opts.listen_host}",
         "protocol mqtt",
@@ -115,16 +111,16 @@ def write_center_broker(directory: Path | str, opts: CenterBrokerOptions) -> dic
         files.remove(gone)
     if fresh:
         files.set_passwords(fresh)  # also writes the device-style ACL; replaced just below
-    _write_atomic(files.acl, center_acl(hubs, workers))
-    _write_atomic(d / CONF, center_conf(d, opts), 0o644)
-    _write_atomic(cred_path, json.dumps(accounts, indent=2, sort_keys=True) + "\n", 0o600)
+    write_atomic(files.acl, center_acl(hubs, workers))
+    write_atomic(d / CONF, center_conf(d, opts), 0o644)
+    write_atomic(cred_path, json.dumps(accounts, indent=2, sort_keys=True) + "\n", 0o600)
     keys_path = d / ACK_KEYS
     old_keys: dict[str, str] = json.loads(keys_path.read_text(encoding="utf-8")) if keys_path.exists() else {}
     ack_keys = {h: old_keys[h] if h in old_keys and h not in opts.rotate else os.urandom(KEY_BYTES).hex()
                 for h in hubs}
-    _write_atomic(keys_path, json.dumps(ack_keys, indent=2, sort_keys=True) + "\n", 0o600)
+    write_atomic(keys_path, json.dumps(ack_keys, indent=2, sort_keys=True) + "\n", 0o600)
     if opts.run_as and opts.run_as != "root":
-        _chown_for(d, opts.run_as)
+        chown_for(d, opts.run_as)
     host = "127.0.0.1" if opts.listen_host in ("0.0.0.0", "::") else opts.listen_host
     return {"conf": str(d / CONF), "password_file": str(files.passwd), "acl_file": str(files.acl),
             "credentials": str(cred_path), "ack_keys": str(keys_path),

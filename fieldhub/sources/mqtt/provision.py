@@ -47,7 +47,11 @@ def verify_password(password: str, hashed: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
+#: what a generated broker logs: problems and who connects, to stderr (the journal under systemd)
+LOG_LINES = ("log_dest stderr", "log_type error", "log_type warning", "log_type notice", "connection_messages true")
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -98,14 +102,14 @@ class BrokerFiles:
                 raise ValidationError(f"broker user name {user!r} is not allowed: 1-64 letters, digits, "
                                       f"'_', '.', '-' / 用户名不合法")
             users[user] = hash_password(pw)
-        _write_atomic(self.passwd, "".join(f"{u}:{h}\n" for u, h in sorted(users.items())))
+        write_atomic(self.passwd, "".join(f"{u}:{h}\n" for u, h in sorted(users.items())))
         self.write_acl(users)
 
     def remove(self, user: str) -> bool:
         users = self.users()
         if users.pop(user, None) is None:
             return False
-        _write_atomic(self.passwd, "".join(f"{u}:{h}\n" for u, h in sorted(users.items())))
+        write_atomic(self.passwd, "".join(f"{u}:{h}\n" for u, h in sorted(users.items())))
         self.write_acl(users)
         return True
 
@@ -117,7 +121,7 @@ class BrokerFiles:
             if user == HUB_USER:
                 continue
             lines += [f"user {user}", f"topic write fh/{user}/up/#", f"topic read fh/{user}/down/#", ""]
-        _write_atomic(self.acl, "\n".join(lines))
+        write_atomic(self.acl, "\n".join(lines))
 
 
 @dataclass
@@ -177,11 +181,7 @@ def broker_conf(directory: Path, opts: BrokerOptions) -> str:
         "persistent_client_expiration 14d",
         f"max_packet_size {opts.max_payload + 1024}",
         "",
-        "log_dest stderr",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "connection_messages true",
+        *LOG_LINES,
         "",
         f"listener {opts.port} {opts.listen_host}",
         "protocol mqtt",
@@ -230,19 +230,19 @@ def _write_broker_config(d: Path, opts: BrokerOptions, *, rotate_hub: bool) -> d
         files.set_passwords({HUB_USER: password})
     else:
         files.write_acl(files.users())
-    _write_atomic(d / CONF, broker_conf(d, opts), 0o644)
+    write_atomic(d / CONF, broker_conf(d, opts), 0o644)
     host = "127.0.0.1" if opts.listen_host in ("0.0.0.0", "::") else opts.listen_host
     url = f"mqtt://{host}:{opts.port}"
-    _write_atomic(toml, f'[mqtt]\nbroker = "{url}"\nusername = "{HUB_USER}"\npassword = "{password}"\n',
+    write_atomic(toml, f'[mqtt]\nbroker = "{url}"\nusername = "{HUB_USER}"\npassword = "{password}"\n',
                   0o600)
     if opts.run_as and opts.run_as != "root":
-        _chown_for(d, opts.run_as)
+        chown_for(d, opts.run_as)
     return {"conf": str(d / CONF), "password_file": str(files.passwd), "acl_file": str(files.acl),
             "hub_config": str(toml), "broker": url, "username": HUB_USER, "password": password,
             "max_queued_messages": str(queue_limit(opts))}
 
 
-def _chown_for(d: Path, user: str) -> None:
+def chown_for(d: Path, user: str) -> None:
     """When run as root, let the broker's user read its files and write its persistence dir."""
     if os.geteuid() != 0:
         return
