@@ -48,7 +48,7 @@ def rows_of(records: list[Record]) -> list[tuple[int, bytes]]:
 
 
 def chunk(rows: list[tuple[int, bytes]]) -> list[Chunk]:
-    """What ``read_rows`` gives the sink for these rows (one class)."""
+    """What ``LogView.read_raw`` gives the sink for these rows (one class)."""
     return [Chunk(rows[0][0], b"\n".join(body for _, body in rows), len(rows))]
 
 
@@ -178,15 +178,15 @@ def test_read_rows_joins_bodies_and_survives_a_damaged_one(tmp_path: Path) -> No
     records.append(Record.make("hub_alarm", "d1", 1_700_000_000_000_000_009, {"x": 9}, source="t", key=9,
                                priority=Priority.ALARM))
     sink.log.append(records)
-    chunks, top = influx.read_rows(sink.log, {}, 100)
+    chunks, top = sink.log.view().read_raw({}, 100)
     assert [(c.prio, c.count) for c in chunks] == [(int(Priority.ALARM), 1), (int(Priority.TELEMETRY), 4)]
     assert top == {int(Priority.ALARM): 5, int(Priority.TELEMETRY): 4}
-    assert influx.read_rows(sink.log, {int(Priority.TELEMETRY): 2}, 2)[0][1].count == 1  # limit and cursor
+    assert sink.log.view().read_raw({int(Priority.TELEMETRY): 2}, 2)[0][1].count == 1  # limit and cursor
     # a body a bad sector mangled, with a raw newline in it: read one by one, quarantined alone
     with sqlite3.connect(sink.log.path) as db:
         db.execute("UPDATE log SET body=? WHERE seq=2", (b'{"k":"m",\n"d":',))
         db.execute("UPDATE log SET body=? WHERE seq=3", ("text\n, not a blob",))
-    chunks, top = influx.read_rows(sink.log, {}, 100)
+    chunks, top = sink.log.view().read_raw({}, 100)
     assert [c.count for c in chunks] == [1, 1, 1, 1, 1] and top[int(Priority.TELEMETRY)] == 4
     payload = sink.encode_rows(chunks)
     assert payload.lines == 3 and b"x=1i" not in payload.body and b"x=2i" not in payload.body
@@ -209,7 +209,7 @@ def test_mangled_bodies_never_crash_and_each_is_written_or_quarantined(tmp_path:
             body = data.draw(st.sampled_from([body[:at] + body[at + 1:],  # a byte lost
                                               body[:at] + bytes([data.draw(st.integers(0, 255))]) + body[at:],
                                               body[:at]]))  # cut short
-        bodies.append(body.replace(b"\n", b" "))  # newlines are covered by the read_rows test
+        bodies.append(body.replace(b"\n", b" "))  # newlines are covered by the read_raw test
     if len(set(bodies)) < len(bodies):
         return  # identical damaged bodies are quarantined once: not this test's subject
     payload = sink.encode_rows([Chunk(4, b"\n".join(bodies), len(bodies))])

@@ -81,11 +81,6 @@ def _refs(chunks: Sequence[Chunk]) -> list[tuple[int, bytes]]:
     return [ref for chunk in chunks for ref in chunk.refs()]
 
 
-def read_rows(log: DurableLog, after: dict[int, int], limit: int) -> tuple[list[Chunk], dict[int, int]]:
-    """The sink's raw batches: ``LogView.read_raw`` (bodies as stored, one ``Chunk`` per class)."""
-    return log.view().read_raw(after, limit)
-
-
 @dataclass
 class Payload:
     """One batch ready to post: its lines joined, and the chunks they came from (a batch the
@@ -143,7 +138,7 @@ class InfluxSink:
         return out
 
     def encode_rows(self, chunks: Sequence[Chunk]) -> Payload:
-        """One batch from ``read_rows`` (the hot path): the C encoder writes the lines straight
+        """One batch from ``LogView.read_raw`` (the hot path): the C encoder writes the lines straight
         from the log bodies and hands back what it leaves to Python (records to quarantine or
         skip, shapes it does not take)."""
         self._refresh_tags()
@@ -290,7 +285,7 @@ class InfluxOutput(FutureOutput):
         self.server = "not yet contacted"
 
     def read(self, cursor: Cursor, after: dict[int, int], lane: Lane) -> Batch | float | None:
-        rows, top = read_rows(self.log, after, self.cfg.batch_size)
+        rows, top = self.log.view().read_raw(after, self.cfg.batch_size)
         if not rows:
             self._pending_since = None
             return None
